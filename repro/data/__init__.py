@@ -86,7 +86,9 @@ def load(classes: int | list[int] = 100, per_class: int | None = None, test_per_
     train, test = load_split("train", root), load_split("test", root)
     cls = pick_classes(classes, seed=seed) if isinstance(classes, int) else list(classes)
     if validation:
-        tr_idx, va_idx = train_val_split(train.labels, seed=seed)
+        # a tenth of each class: the usual 45k/5k on CIFAR-100
+        per = int(np.bincount(train.labels).min())
+        tr_idx, va_idx = train_val_split(train.labels, val_per_class=max(1, per // 10), seed=seed)
         pool_x, pool_y = train.images[tr_idx], train.labels[tr_idx]
         ev_x, ev_y, test_name = train.images[va_idx], train.labels[va_idx], "validation"
     else:

@@ -1,0 +1,1 @@
+"""Layers the papers introduce (Ghost BatchNorm, multi-sample dropout heads, ...)."""

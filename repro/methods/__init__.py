@@ -1,0 +1,1 @@
+"""Multi-step algorithms of the papers (large-batch regimes, hard-batch selection, ...)."""

@@ -1,0 +1,338 @@
+"""The trainer: one loop for every chapter, resumable, with per-epoch history.
+
+``fit(model, train, test, TrainConfig(...), checkpoint_dir=...)`` trains for ``epochs``
+epochs (or a batch plan's budget), evaluating after each epoch. A checkpoint is written at
+the end of an epoch when ``checkpoint_every_s`` seconds have passed since the last one and
+at the end of training, atomically; calling ``fit`` again with the same folder resumes
+from it (a finished job returns at once: "load or train"). Data order and augmentation
+depend only on (seed, epoch) and the RNG state is saved, so a resumed run on the same
+device follows the uninterrupted one exactly.
+
+On CUDA the loop uses bf16 autocast and channels_last; on CPU it stays fp32/NCHW, which
+is faster on the project's CPUs.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data.loader import TensorLoader
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that sets how a model is trained (stored in its checkpoints)."""
+
+    epochs: int = 10
+    optimizer: str = "sgd"            # "sgd" | "adamw"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"          # "cosine" | "step" | "constant"
+    milestones: Sequence[float] = (0.5, 0.75)  # step schedule: fractions of training (≤ 1) or epochs
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    ema_decay: float | None = None    # keep an exponential moving average of the weights
+    bf16: bool = True                 # CUDA only
+    channels_last: bool = True        # CUDA only
+    eval_every: int = 1
+    checkpoint_every_s: float = 120.0
+    progress: bool = True
+    desc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {self.optimizer!r}")
+        if self.schedule not in ("cosine", "step", "constant"):
+            raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', not {self.schedule!r}")
+        if self.epochs < 0 or self.lr <= 0:
+            raise ValueError("epochs must be ≥ 0 and lr > 0")
+
+
+class BatchPlan(Protocol):
+    """Decides which batches an epoch trains on (default: all, in the loader's order)."""
+
+    def epoch_batches(self, loader: TensorLoader, epoch: int) -> Iterable[tuple[int, torch.Tensor]]: ...
+    def observe(self, batch_id: int, loss: float) -> None: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class AllBatches:
+    """The ordinary epoch: every batch of the loader's (seeded) order."""
+
+    def epoch_batches(self, loader: TensorLoader, epoch: int):
+        loader.set_epoch(epoch)
+        return enumerate(loader.batches())
+
+    def observe(self, batch_id: int, loss: float) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+@dataclass
+class StepInfo:
+    """What a step callback sees."""
+
+    model: nn.Module
+    step: int
+    epoch: int
+    loss: float
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    history: list[dict[str, float]]
+    steps: int
+    train_seconds: float
+    train_images: int
+    resumed_from_epoch: int | None = None
+    ema_model: nn.Module | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+    @property
+    def images_per_s(self) -> float:
+        return self.train_images / self.train_seconds if self.train_seconds else float("nan")
+
+
+def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
+    """Default loss: CE on the model's logits; returns (loss, logits)."""
+    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        logits = model(x)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+    return loss_fn
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base lr at ``step`` of ``total`` updates (warm-up, then the schedule)."""
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "constant" or total <= 0:
+        return 1.0
+    if cfg.schedule == "cosine":
+        t = (step - warm) / max(1, total - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    # step schedule: milestones as fractions of training (≤ 1) or as epochs (> 1)
+    f = 1.0
+    for m in cfg.milestones:
+        at = m * total if m <= 1 else m * steps_per_epoch
+        if step >= at:
+            f *= cfg.gamma
+    return f
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on norm layers' and biases' 1-D parameters is a common refinement, but
+    # the papers here decay everything, so the default does too.
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = {"fused": True} if next(model.parameters()).is_cuda else {}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay, **fused)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: TensorLoader, bf16: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [N, K] (float32, CPU) and labels [N] over a loader, model in eval mode."""
+    was = model.training
+    model.eval()
+    outs, ys = [], []
+    cuda = loader.device.type == "cuda"
+    for x, y in loader:
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and bf16):
+            out = model(x)
+        outs.append(out.float().cpu())
+        ys.append(y.cpu())
+    model.train(was)
+    return torch.cat(outs), torch.cat(ys)
+
+
+def evaluate(model: nn.Module, loader: TensorLoader, bf16: bool = True) -> dict[str, float]:
+    """Mean CE loss and top-1 accuracy (%) of ``model`` on ``loader``."""
+    logits, y = predict(model, loader, bf16)
+    return {"loss": F.cross_entropy(logits, y).item(), "acc": (logits.argmax(1) == y).float().mean().item() * 100}
+
+
+def _save(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ckpt.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fit(
+    model: nn.Module,
+    train: TensorLoader,
+    test: TensorLoader | None,
+    cfg: TrainConfig,
+    loss_fn: LossFn | None = None,
+    plan: BatchPlan | None = None,
+    updates_per_epoch: int | None = None,
+    checkpoint_dir: str | Path | None = None,
+    callbacks: Sequence[Any] = (),
+    extra_eval: Callable[[nn.Module], dict[str, float]] | None = None,
+) -> FitResult:
+    """Train ``model`` in place and return its history.
+
+    loss_fn(model, x, y) → (loss, logits) replaces plain CE (distillation, multi-sample
+    heads…). plan chooses the batches of each epoch (default: all); updates_per_epoch sets
+    the schedule's length when a plan trains on fewer batches than the loader has.
+    callbacks: objects with ``on_step(StepInfo)`` (and optionally state_dict /
+    load_state_dict so their logs survive a resume). extra_eval(model) adds entries to each
+    epoch's history.
+    """
+    device = train.device
+    cuda = device.type == "cuda"
+    model.to(device)
+    if cuda and cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
+    plan = plan or AllBatches()
+    opt = make_optimizer(model, cfg)
+    ema = copy.deepcopy(model).eval() if cfg.ema_decay else None
+    spe = updates_per_epoch or len(train)
+    total = cfg.epochs * spe
+    history: list[dict[str, float]] = []
+    step, start_epoch, train_s, images = 0, 0, 0.0, 0
+    resumed = None
+    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        plan.load_state_dict(state.get("plan", {}))
+        for cb, cs in zip(callbacks, state.get("callbacks", [])):
+            if hasattr(cb, "load_state_dict"):
+                cb.load_state_dict(cs)
+        torch.set_rng_state(state["rng_cpu"])
+        if cuda and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        history, step, start_epoch = state["history"], state["step"], state["epoch"]
+        train_s, images = state["train_s"], state["images"]
+        resumed = start_epoch
+
+    def checkpoint(epoch: int) -> None:
+        if ckpt is None:
+            return
+        _save(ckpt, {
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "plan": plan.state_dict(),
+            "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in callbacks],
+            "rng_cpu": torch.get_rng_state(), "rng_cuda": torch.cuda.get_rng_state() if cuda else None,
+            "history": history, "step": step, "epoch": epoch, "train_s": train_s, "images": images,
+            "config": asdict(cfg),
+        })
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(start_epoch, cfg.epochs), desc=cfg.desc or "train", unit="ep",
+               disable=not cfg.progress, initial=start_epoch, total=cfg.epochs, leave=False)
+    last_ckpt = time.time()
+    for epoch in bar:
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
+        train.set_epoch(epoch)
+        batches = plan.epoch_batches(train, epoch)
+        gen = train._generator(2)  # this epoch's augmentation stream
+        for batch_id, idx in batches:
+            x, y = train.fetch(idx, gen)
+            if cuda and cfg.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            f = lr_factor(cfg, step, total, spe)
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * f
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.bf16):
+                loss, logits = loss_fn(model, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            if ema is not None:
+                with torch.no_grad():
+                    for pe, pm in zip(ema.state_dict().values(), model.state_dict().values()):
+                        if pe.dtype.is_floating_point:
+                            pe.lerp_(pm, 1 - cfg.ema_decay)
+                        else:
+                            pe.copy_(pm)
+            step += 1
+            n = len(y)
+            seen += n
+            ld = loss.detach()
+            loss_sum += ld * n
+            if logits is not None and logits.dim() == 2 and logits.shape[0] == n:
+                correct += (logits.detach().argmax(1) == y).sum()
+            if callbacks or not isinstance(plan, AllBatches):
+                lv = ld.item()
+                plan.observe(batch_id, lv)
+                for cb in callbacks:
+                    cb.on_step(StepInfo(model=model, step=step, epoch=epoch, loss=lv))
+        if cuda:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        train_s += dt
+        images += seen
+        row = {"epoch": epoch + 1, "step": step, "lr": cfg.lr * lr_factor(cfg, max(step - 1, 0), total, spe),
+               "train_loss": (loss_sum / max(seen, 1)).item(), "train_acc": (correct / max(seen, 1)).item() * 100,
+               "images_per_s": seen / dt if dt > 0 else float("nan"), "epoch_s": dt}
+        if test is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            ev = evaluate(ema if ema is not None else model, test, cfg.bf16)
+            row.update(test_loss=ev["loss"], test_acc=ev["acc"])
+        if extra_eval is not None:
+            row.update(extra_eval(model))
+        history.append(row)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row.get('test_acc', float('nan')):.1f}",
+                        ips=f"{row['images_per_s']:.0f}")
+        if epoch + 1 == cfg.epochs or time.time() - last_ckpt >= cfg.checkpoint_every_s:
+            checkpoint(epoch + 1)
+            last_ckpt = time.time()
+    bar.close()
+    from .records import current_run
+
+    run = current_run()
+    if run is not None:  # the full cost of producing this model, resumed or not
+        run.add_training(images, train_s)
+    return FitResult(model=model, history=history, steps=step, train_seconds=train_s, train_images=images,
+                     resumed_from_epoch=resumed, ema_model=ema)
+
