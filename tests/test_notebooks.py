@@ -1,0 +1,95 @@
+"""Every chapter notebook: its parameters cell matches its spec, it runs at the smoke tier,
+and an unknown parameter fails the run."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from repro.papers import all_specs
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]-*.ipynb"))
+SPECS = {s.name: s for s in all_specs()}
+
+
+def _parameters_cell(path: Path) -> str:
+    nb = json.loads(path.read_text())
+    cells = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1 and tagged[0] is cells[0], f"{path.name}: the first code cell must be tagged 'parameters'"
+    return "".join(tagged[0]["source"])
+
+
+def test_every_spec_has_a_notebook_and_back():
+    assert {p.stem for p in NOTEBOOKS} == set(SPECS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_matches_the_spec(path):
+    spec = SPECS[path.stem]
+    tree = ast.parse(_parameters_cell(path))
+    values = {}
+    for node in tree.body:
+        assert isinstance(node, ast.Assign), f"{path.name}: only assignments in the parameters cell"
+        values[node.targets[0].id] = ast.literal_eval(node.value)  # literals only
+    assert values == spec.defaults, f"{path.name}: parameters cell differs from repro/papers/{spec.slug}.toml"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_sources_carry_no_outputs(path):
+    nb = json.loads(path.read_text())
+    assert not any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
+
+
+def _execute(path: Path, out: Path, params: dict, env: dict, monkeypatch) -> None:
+    import papermill as pm
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent),
+                        progress_bar=False, kernel_name="python3")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_at_smoke_tier(path, tmp_path, notebook_data_env, monkeypatch):
+    monkeypatch.setenv("REPRO_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("REPRO_CHECKPOINTS", str(tmp_path / "ckpt"))
+    t0 = time.time()
+    _execute(path, tmp_path / "out.ipynb", {"tier": "smoke"}, notebook_data_env, monkeypatch)
+    wall = time.time() - t0
+    rec = json.loads((tmp_path / "results" / f"{path.stem}.smoke.json").read_text())
+    assert rec["tier"] == "smoke" and rec["status"] == "complete"
+    assert all(c["ours"] is not None for c in rec["claims"]), "every claim's metric must be logged"
+    assert rec["figures"], "the chapter saved no figure"
+    nb = json.loads((tmp_path / "out.ipynb").read_text())
+    text = json.dumps(nb["cells"])
+    assert "Traceback" not in text
+    assert wall < 60, f"smoke tier took {wall:.0f} s (budget 30 s of work)"
+
+
+@pytest.mark.slow
+def test_unknown_parameter_fails_the_run(tmp_path, notebook_data_env, monkeypatch):
+    import papermill as pm
+
+    path = NOTEBOOKS[0]
+    monkeypatch.setenv("REPRO_RESULTS", str(tmp_path))
+    with pytest.raises(pm.PapermillExecutionError, match="unknown parameter"):
+        _execute(path, tmp_path / "out.ipynb", {"tier": "smoke", "no_such_parameter": 1}, notebook_data_env,
+                 monkeypatch)
+    assert not list(tmp_path.glob("*.json")), "a failed run must not write a record"
+
+
+def test_cli_refuses_bad_parameters_before_running(capsys):
+    from repro.cli import main
+
+    name = NOTEBOOKS[0].stem
+    assert main(["run", name, "--tier", "smoke", "-p", "no_such_parameter", "1"]) == 2
+    assert "Valid parameters" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", name, "--tier", "tiny"])
