@@ -1,0 +1,539 @@
+"""The book: the results page, the table of contents, local MathJax, the build and its check.
+
+``repro results`` calls :func:`write_results`; ``repro book`` calls :func:`build` and then
+:func:`check_html`. The build never executes a notebook: chapters are the executed copies
+that ``repro run`` stored in ``book/chapters/`` and the book renders their outputs.
+
+Nothing here imports torch, so ``repro list`` and the book build stay quick.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterable, Sequence
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+from .tiers import ORDER
+from .verdicts import VERDICTS
+
+#: Tiers shown in the book, largest first: a paper's row comes from its largest one.
+SHOWN_TIERS = ("paper", "gpu", "cpu")
+MATHJAX = Path("book/_static/mathjax/tex-svg.js")
+NPM_CACHE = ".cache-npm"
+
+
+# -- locations ---------------------------------------------------------------------------
+def _is_root(path: Path) -> bool:
+    return (path / "_config.yml").is_file() and (path / "repro").is_dir()
+
+
+def project_root() -> Path:
+    """The folder holding ``_config.yml`` and ``repro/``: searched upwards from the working
+    directory, then from this file; the working directory if neither finds one."""
+    cwd = Path.cwd().resolve()
+    for base in (cwd, *cwd.parents):
+        if _is_root(base):
+            return base
+    here = Path(__file__).resolve().parent
+    for base in (here, *here.parents):
+        if _is_root(base):
+            return base
+    return cwd
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _specs(specs: Sequence[Any] | None) -> list[Any]:
+    if specs is not None:
+        return sorted(specs, key=lambda s: s.number)
+    from .papers import all_specs
+
+    return all_specs()
+
+
+def chapter_path(root: Path, name: str) -> Path:
+    """Where ``repro run`` stores the executed notebook of paper ``NN-slug``."""
+    return Path(root) / "book" / "chapters" / f"{name}.ipynb"
+
+
+# -- records -----------------------------------------------------------------------------
+def load_records(root: Path) -> list[dict[str, Any]]:
+    """Every run record in ``<root>/results/*.json`` (not ``bench.json``), by file name.
+
+    A file that does not parse, or is not a record, is skipped with a warning. Each record
+    gets ``_file``: its path relative to ``root``.
+    """
+    root = Path(root)
+    out = []
+    for path in sorted((root / "results").glob("*.json")):
+        if path.name == "bench.json":
+            continue
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(rec, dict) or not isinstance(rec.get("paper"), dict) or "tier" not in rec:
+                raise ValueError("not a run record (no 'paper' or 'tier')")
+            rec["paper"]["name"] = rec["paper"].get("name") or \
+                f"{int(rec['paper']['number']):02d}-{rec['paper']['slug']}"
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            warnings.warn(f"skipping {path}: {exc}", stacklevel=2)
+            continue
+        rec["_file"] = path.relative_to(root).as_posix()
+        out.append(rec)
+    return out
+
+
+def best_record(records: Iterable[dict[str, Any]], name: str,
+                include_running: bool = False) -> dict[str, Any] | None:
+    """The record of paper ``name`` (``NN-slug``) from its largest tier, paper > gpu > cpu.
+
+    Smoke records are never chosen; running (unfinished) ones only if ``include_running``.
+    Among records of the same tier the one that finished last wins.
+    """
+    best, best_key = None, None
+    for rec in records:
+        if rec.get("paper", {}).get("name") != name or rec.get("tier") not in SHOWN_TIERS:
+            continue
+        if rec.get("status", "complete") != "complete" and not include_running:
+            continue
+        key = (ORDER.index(rec["tier"]), rec.get("status", "complete") == "complete",
+               str(rec.get("finished") or ""))
+        if best_key is None or key > best_key:
+            best, best_key = rec, key
+    return best
+
+
+# -- formatting --------------------------------------------------------------------------
+def _num(v: Any, fmt: str = ".2f") -> str:
+    if v is None:
+        return "—"
+    try:
+        return format(float(v), fmt)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _cell(text: Any) -> str:
+    """Text safe inside a Markdown table cell."""
+    s = "" if text is None else str(text)
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").strip()
+
+
+def verdict_badge(verdict: str) -> str:
+    """``<span class="verdict verdict-partly">partly</span>`` (styled by verdicts.css)."""
+    slug = re.sub(r"[^a-z]+", "-", str(verdict).lower()).strip("-") or "unknown"
+    return f'<span class="verdict verdict-{slug}">{verdict}</span>'
+
+
+def _ours(claim: dict[str, Any]) -> str:
+    o = claim.get("ours")
+    if not o or not o.get("n"):
+        return "—"
+    sign = "+" if claim.get("kind") == "effect" else ""
+    f = f"{sign}.2f"
+    if int(o["n"]) < 2:
+        return f"{_num(o.get('mean'), f)}<br><small>1 seed: no interval</small>"
+    return (f"{_num(o.get('mean'), f)} ± {_num(o.get('std'))}<br>"
+            f"<small>[{_num(o.get('ci_low'), f)}, {_num(o.get('ci_high'), f)}]</small>")
+
+
+def _paper_value(claim: dict[str, Any]) -> str:
+    v = claim.get("paper_value")
+    if v is None:
+        return "—"
+    sign = "+" if claim.get("kind") == "effect" else ""
+    return f"{float(v):{sign}g} {claim.get('unit', '')}".strip()
+
+
+def _cost(rec: dict[str, Any]) -> str:
+    c = rec.get("cost") or {}
+    parts = []
+    if c.get("wall_s") is not None:
+        parts.append(f"{float(c['wall_s']):.0f} s")
+    if c.get("images_per_s"):
+        parts.append(f"{float(c['images_per_s']):,.0f} img/s")
+    return "<br>".join(parts) or "—"
+
+
+CSV_COLUMNS = ["paper", "title", "family", "claim_id", "claim", "metric", "kind", "direction",
+               "unit", "paper_value", "ours_mean", "ours_std", "ours_ci_low", "ours_ci_high",
+               "seeds_n", "difference", "verdict", "reason", "tier", "wall_s", "images_per_s",
+               "device", "record", "git_commit"]
+
+
+def result_rows(records: list[dict[str, Any]], specs: Sequence[Any]) -> list[tuple[dict, dict]]:
+    """(record, claim) pairs for the results table: the best record of each paper that has
+    a spec or a record, by paper number."""
+    names = {s.name: s.number for s in specs}
+    for rec in records:
+        names.setdefault(rec["paper"]["name"], int(rec["paper"].get("number", 999)))
+    rows = []
+    for name in sorted(names, key=lambda n: (names[n], n)):
+        rec = best_record(records, name)
+        if rec is None:
+            continue
+        for claim in rec.get("claims") or []:
+            rows.append((rec, claim))
+    return rows
+
+
+# -- results page ------------------------------------------------------------------------
+def write_results(root: Path, specs: Sequence[Any] | None = None) -> Path:
+    """Write ``book/results.md`` and ``results/results.csv`` from the run records.
+
+    One row per claim of each paper's largest-tier record (paper > gpu > cpu; smoke records
+    never appear). specs: the papers (default ``repro.papers.all_specs()``); those without
+    a shown record are listed as not yet run. Returns the Markdown file's path.
+    """
+    root = Path(root)
+    specs = _specs(specs)
+    records = load_records(root)
+    rows = result_rows(records, specs)
+    shown = list({id(r): r for r, _ in rows}.values())
+    chapters = {s.name for s in specs if chapter_path(root, s.name).is_file()}
+
+    md = ["# Results", "",
+          "<!-- Generated by `repro results` (repro.book.write_results) from results/*.json. "
+          "Do not edit: your changes would be overwritten. -->", "",
+          "Every row is one claim, judged on the largest tier that has a finished run record "
+          "(paper > gpu > cpu; smoke runs only check the mechanics and are not shown). "
+          "*Ours* is the mean ± standard deviation over seeds with the Student-t 95% interval; "
+          "*difference* is ours − paper. The verdict follows the rule in "
+          "{doc}`the protocol <protocol>`; the same table is in `results/results.csv`.", ""]
+
+    counts = {v: 0 for v in VERDICTS}
+    for _, c in rows:
+        counts[c.get("verdict", "")] = counts.get(c.get("verdict", ""), 0) + 1
+    if rows:
+        md += [f"**{len(rows)} claims from {len(shown)} papers:** " + ", ".join(
+            f"{verdict_badge(v)} {n}" for v, n in counts.items() if n) + ".", ""]
+
+        md += [":::{table} Claims and what our runs found", ":class: results-table", ":name: results-table", "",
+               "| paper | claim (and why the verdict) | metric | paper | ours (mean ± std, 95% CI) "
+               "| difference | verdict | tier | seeds | cost |",
+               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for rec, c in rows:
+            name = rec["paper"]["name"]
+            paper = f"{{doc}}`{name} <chapters/{name}>`" if name in chapters else name
+            claim_text = _cell(c.get("text"))
+            if c.get("reason"):
+                claim_text += f"<br><small>{_cell(c['reason'])}</small>"
+            diff = c.get("difference")
+            md.append("| " + " | ".join([
+                paper, claim_text, f"`{_cell(c.get('metric'))}`", _cell(_paper_value(c)),
+                _ours(c).replace("|", "\\|"), _num(diff, "+.2f"), verdict_badge(c.get("verdict", "—")),
+                _cell(rec.get("tier")), str((c.get("ours") or {}).get("n") or len(rec.get("seeds") or [])),
+                _cell(_cost(rec))]) + " |")
+        md += [":::", ""]
+    else:
+        md += ["No finished cpu, gpu or paper run yet: run a chapter with "
+               "`repro run <paper> --tier cpu`, then `repro results`.", ""]
+
+    missing = [s for s in specs if best_record(records, s.name) is None]
+    if missing:
+        md += ["## Papers without a record yet", "",
+               "These papers have a spec (claims and parameters) but no finished cpu, gpu or "
+               "paper run yet.", "",
+               "| paper | title | family | status |", "| --- | --- | --- | --- |"]
+        for s in missing:
+            name = f"{{doc}}`{s.name} <chapters/{s.name}>`" if s.name in chapters else s.name
+            running = [r for r in records if r["paper"]["name"] == s.name and r.get("status") == "running"]
+            status = f"running ({running[0]['tier']})" if running else "not yet run"
+            md.append(f"| {name} | {_cell(s.title)} | {_cell(s.family)} | {status} |")
+        md.append("")
+
+    bench = _bench_table(root)
+    if bench:
+        md += ["## Training speed", "",
+               "Measured with `repro bench` (training images per second after a warm-up; "
+               "from `results/bench.json`).", ""] + bench + [""]
+
+    if shown:
+        md += ["## Sources", ""]
+        for rec in shown:
+            env = rec.get("environment") or {}
+            commit = env.get("git_commit", "unknown") + ("+dirty" if env.get("git_dirty") else "")
+            device = (rec.get("cost") or {}).get("device") or env.get("device_name") or "?"
+            md.append(f"- {rec['paper']['name']}: generated from `{rec['_file']}` at commit "
+                      f"`{commit}` (repro {env.get('repro_version', '?')}, torch "
+                      f"{env.get('torch', '?')}, {_cell(device)}; finished {rec.get('finished', '?')}).")
+        md.append("")
+
+    out = atomic_write_text(root / "book" / "results.md", "\n".join(md))
+    _write_csv(root, rows)
+    return out
+
+
+def _bench_table(root: Path) -> list[str]:
+    path = root / "results" / "bench.json"
+    if not path.is_file():
+        return []
+    try:
+        runs = json.loads(path.read_text(encoding="utf-8"))["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        warnings.warn(f"skipping {path}: {exc}", stacklevel=2)
+        return []
+    if not runs:
+        return []
+    lines = ["| model | device | dtype | batch | images/s | when |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(runs, key=lambda r: (str(r.get("device_name")), str(r.get("model")))):
+        ips = r.get("images_per_s")
+        lines.append("| " + " | ".join(_cell(x) for x in (
+            r.get("model"), r.get("device_name") or r.get("device"), r.get("dtype"), r.get("batch_size"),
+            f"{float(ips):,.0f}" if ips is not None else "—", str(r.get("when", ""))[:10])) + " |")
+    return lines
+
+
+def _write_csv(root: Path, rows: list[tuple[dict, dict]]) -> Path:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for rec, c in rows:
+        o = c.get("ours") or {}
+        cost = rec.get("cost") or {}
+        env = rec.get("environment") or {}
+        w.writerow({
+            "paper": rec["paper"]["name"], "title": rec["paper"].get("title", ""),
+            "family": rec["paper"].get("family", ""), "claim_id": c.get("id", ""),
+            "claim": c.get("text", ""), "metric": c.get("metric", ""), "kind": c.get("kind", ""),
+            "direction": c.get("direction", ""), "unit": c.get("unit", ""),
+            "paper_value": c.get("paper_value"), "ours_mean": o.get("mean"), "ours_std": o.get("std"),
+            "ours_ci_low": o.get("ci_low"), "ours_ci_high": o.get("ci_high"), "seeds_n": o.get("n"),
+            "difference": c.get("difference"), "verdict": c.get("verdict", ""),
+            "reason": c.get("reason", ""), "tier": rec.get("tier", ""), "wall_s": cost.get("wall_s"),
+            "images_per_s": cost.get("images_per_s"), "device": cost.get("device", ""),
+            "record": rec["_file"], "git_commit": env.get("git_commit", ""),
+        })
+    return atomic_write_text(root / "results" / "results.csv", buf.getvalue())
+
+
+# -- table of contents -------------------------------------------------------------------
+def write_toc(root: Path, specs: Sequence[Any] | None = None) -> Path:
+    """Write ``_toc.yml``: intro (root), protocol and results, then one part per family
+    with the papers whose executed notebook ``book/chapters/NN-slug.ipynb`` exists."""
+    root = Path(root)
+    specs = _specs(specs)
+    families: dict[str, list[str]] = {}
+    for s in specs:
+        if chapter_path(root, s.name).is_file():
+            families.setdefault(s.family, []).append(s.name)
+    lines = ["# Generated by repro.book.write_toc (repro book): do not edit.",
+             "format: jb-book", "root: book/intro"]
+    front = ["book/protocol", "book/results"]
+    if not families:
+        lines += ["chapters:"] + [f"- file: {f}" for f in front]
+    else:
+        lines += ["parts:", "- caption: The project", "  chapters:"]
+        lines += [f"  - file: {f}" for f in front]
+        for family, names in families.items():  # specs are by number: families by first paper
+            caption = family[:1].upper() + family[1:]
+            lines += [f"- caption: {json.dumps(caption)}", "  chapters:"]
+            lines += [f"  - file: book/chapters/{n}" for n in names]
+    return atomic_write_text(root / "_toc.yml", "\n".join(lines) + "\n")
+
+
+# -- MathJax -----------------------------------------------------------------------------
+def ensure_mathjax(root: Path) -> Path:
+    """Make sure ``book/_static/mathjax/tex-svg.js`` exists (MathJax 3, self-contained SVG
+    output), so the book renders math without a CDN. Copies it from an existing
+    ``node_modules`` (``<root>/.cache-npm`` or ``<root>``) or installs ``mathjax@3`` there
+    with npm."""
+    root = Path(root)
+    dest = root / MATHJAX
+    if dest.is_file() and dest.stat().st_size > 0:
+        return dest
+    rel = Path("node_modules/mathjax/es5/tex-svg.js")
+    candidates = [root / NPM_CACHE / rel, root / rel]
+    src = next((c for c in candidates if c.is_file()), None)
+    if src is None:
+        npm = shutil.which("npm")
+        if npm is None:
+            raise RuntimeError(
+                f"MathJax is missing and npm was not found: install Node.js/npm or copy "
+                f"tex-svg.js from the mathjax@3 package (es5/tex-svg.js) to {dest}")
+        cmd = [npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix",
+               str(root / NPM_CACHE), "mathjax@3"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        src = candidates[0]
+        if proc.returncode != 0 or not src.is_file():
+            raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}); install Node.js/npm "
+                               f"or copy tex-svg.js to {dest}:\n{(proc.stdout + proc.stderr)[-2000:]}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+    return dest
+
+
+# -- build -------------------------------------------------------------------------------
+def _jupyter_book_cmd() -> list[str]:
+    """The jupyter-book of the running Python."""
+    if importlib.util.find_spec("jupyter_book.__main__") is not None:
+        return [sys.executable, "-m", "jupyter_book"]
+    for name in ("jupyter-book", "jupyter-book.exe"):
+        script = Path(sys.executable).parent / name
+        if script.is_file():
+            return [str(script)]
+    if importlib.util.find_spec("jupyter_book") is not None:
+        return [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())"]
+    found = shutil.which("jupyter-book")
+    if found:
+        return [found]
+    raise RuntimeError("jupyter-book is not installed: pip install -e '.[book]'")
+
+
+def build(root: Path, builder: str = "html", specs: Sequence[Any] | None = None,
+          strict: bool = False) -> Path:
+    """Build the book: local MathJax, results page, toc, then ``jupyter-book build``.
+
+    Notebooks are not executed (``execute_notebooks: "off"``). strict: turn Sphinx warnings
+    into errors. The log is kept in ``_build/build.log``; on failure a RuntimeError carries
+    its tail. Returns ``_build/html/index.html`` (or the builder's output folder).
+    """
+    root = Path(root).resolve()
+    ensure_mathjax(root)
+    write_results(root, specs)
+    write_toc(root, specs)
+    cmd = [*_jupyter_book_cmd(), "build", str(root), "--builder", builder]
+    if strict:
+        cmd += ["--warningiserror", "--keep-going"]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=3600,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    log = _ANSI.sub("", proc.stdout + ("\n" + proc.stderr if proc.stderr else ""))
+    (root / "_build").mkdir(exist_ok=True)
+    atomic_write_text(root / "_build" / "build.log", log)
+    out = root / "_build" / builder
+    index = out / "index.html"
+    if proc.returncode != 0 or (builder == "html" and not index.is_file()):
+        tail = "\n".join(log.strip().splitlines()[-40:])
+        raise RuntimeError(f"jupyter-book build failed (exit {proc.returncode}); "
+                           f"full log in {root / '_build' / 'build.log'}:\n{tail}")
+    if builder == "html":
+        _prune_stale_pages(root, out)
+    return index if builder == "html" else out
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_KEEP_PAGES = {"index.html", "genindex.html", "search.html", "py-modindex.html"}
+
+
+def toc_documents(root: Path) -> list[str]:
+    """The documents ``_toc.yml`` lists (root first), as paths without suffix."""
+    text = (Path(root) / "_toc.yml").read_text(encoding="utf-8")
+    return [m.group(2).strip().strip("'\"") for m in re.finditer(r"^\s*-?\s*(root|file):\s*(.+)$", text, re.M)]
+
+
+def _prune_stale_pages(root: Path, html_dir: Path) -> None:
+    """Sphinx never deletes the page of a document that left the toc (a removed chapter):
+    delete such leftovers so the site holds only the current book."""
+    wanted = {f"{d}.html" for d in toc_documents(root)} | _KEEP_PAGES
+    for page in html_dir.rglob("*.html"):
+        rel = page.relative_to(html_dir).as_posix()
+        if rel.split("/", 1)[0] in ("_static", "_sources", "_images") or rel in wanted:
+            continue
+        page.unlink()
+
+
+# -- checking the HTML -------------------------------------------------------------------
+_EXC_LINE = re.compile(r"\b[A-Z]\w*(?:Error|Exception)\b(?::|$)", re.M)
+
+
+class _OutputScanner(HTMLParser):
+    """Collects the text and classes of notebook cell outputs (myst-nb's ``cell_output``)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[tuple[str, bool]] = []   # (tag, opens an output area)
+        self.depth = 0                            # how many output areas we are inside
+        self.texts: list[str] = []
+        self.classes: set[str] = set()            # classes seen inside outputs
+        self.bad_classes: list[str] = []          # anywhere on the page
+
+    VOID = {"br", "img", "hr", "meta", "link", "input", "wbr", "col", "area", "base", "source"}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        cls = (dict(attrs).get("class") or "").split()
+        if "output" in cls and ("stderr" in cls or "traceback" in cls):
+            self.bad_classes.append(" ".join(cls))
+        if "system-message" in cls:
+            self.bad_classes.append(" ".join(cls))
+        if tag in self.VOID:
+            return
+        opens = "cell_output" in cls or ("output" in cls and tag == "div")
+        self.stack.append((tag, opens))
+        if opens:
+            self.depth += 1
+        if self.depth:
+            self.classes.update(cls)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.VOID:
+            return
+        while self.stack:
+            t, opens = self.stack.pop()
+            if opens:
+                self.depth -= 1
+            if t == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        if self.depth:
+            self.texts.append(data)
+
+
+def check_html(root: Path) -> list[str]:
+    """Problems in the built pages: tracebacks, stderr or error outputs, red ANSI text or
+    exception lines in notebook outputs, docutils error messages. Empty when clean."""
+    html_dir = Path(root) / "_build" / "html"
+    if not html_dir.is_dir():
+        return [f"{html_dir} does not exist: build the book first"]
+    problems = []
+    for page in sorted(html_dir.rglob("*.html")):
+        rel = page.relative_to(html_dir).as_posix()
+        if rel.startswith(("_static/", "_sources/", "_images/")) or rel in ("genindex.html", "search.html"):
+            continue
+        text = page.read_text(encoding="utf-8", errors="replace")
+        if "Traceback (most recent call last)" in text:
+            problems.append(f"{rel}: a Python traceback")
+        scan = _OutputScanner()
+        scan.feed(text)
+        for cls in dict.fromkeys(scan.bad_classes):
+            problems.append(f"{rel}: an element of class '{cls}'")
+        if "ansi-red" in text or any("Color-Red" in c or "ansi-red" in c for c in scan.classes):
+            problems.append(f"{rel}: red ANSI text (an error or a warning) in an output")
+        out_text = "\n".join(scan.texts)
+        for m in list(dict.fromkeys(_EXC_LINE.findall(out_text)))[:3]:
+            problems.append(f"{rel}: an exception ({m.rstrip(':')}) in a cell output")
+    return problems
