@@ -119,10 +119,13 @@ def check_type(paper: str, name: str, value: Any, default: Any) -> Any:
     return value
 
 
-@cache
 def load_spec(slug: str) -> PaperSpec:
     """The spec of one paper, by slug (``ghostbn``) or name (``41-ghostbn``)."""
-    slug = slug.split("-", 1)[1] if slug[:2].isdigit() and "-" in slug else slug
+    return _load_spec(slug.split("-", 1)[1] if slug[:2].isdigit() and "-" in slug else slug)
+
+
+@cache
+def _load_spec(slug: str) -> PaperSpec:
     path = HERE / f"{slug}.toml"
     if not path.is_file():
         known = ", ".join(s.slug for s in all_specs())
