@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from .style import annotate_setting, new_figure
+from .style import annotate_setting, jsonable, new_figure
 
 History = list[dict[str, Any]]
 
@@ -109,8 +109,8 @@ def training_curves(histories: Mapping[str, Sequence[Any]], x: str = "epoch",
     if title:
         fig.suptitle(title)
     annotate_setting(fig, setting)
-    return fig, {"x": x, "ys": ys, "series": series, "setting": setting, "title": title,
-                 "band": "min-max over seeds"}
+    return fig, jsonable({"x": x, "ys": ys, "series": series, "setting": setting, "title": title,
+                          "band": "min-max over seeds"})
 
 
 def bar_with_errors(values: Mapping[str, Sequence[float]], ylabel: str, setting: str | None,
@@ -147,5 +147,5 @@ def bar_with_errors(values: Mapping[str, Sequence[float]], ylabel: str, setting:
     if title:
         ax.set_title(title)
     annotate_setting(fig, setting)
-    return fig, {"ylabel": ylabel, "bars": bars, "error": "±1 std (ddof=1)",
-                 "setting": setting, "title": title}
+    return fig, jsonable({"ylabel": ylabel, "bars": bars, "error": "±1 std (ddof=1)",
+                          "setting": setting, "title": title})
