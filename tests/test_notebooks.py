@@ -70,7 +70,7 @@ def test_notebook_runs_at_smoke_tier(path, tmp_path, notebook_data_env, monkeypa
     nb = json.loads((tmp_path / "out.ipynb").read_text())
     text = json.dumps(nb["cells"])
     assert "Traceback" not in text
-    assert wall < 60, f"smoke tier took {wall:.0f} s (budget 30 s of work)"
+    assert wall < 90, f"smoke tier took {wall:.0f} s (budget: 30 s on an idle 2-core machine)"
 
 
 @pytest.mark.slow
