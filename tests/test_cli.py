@@ -23,10 +23,13 @@ def test_parameter_values_parse_as_literals():
 
 
 def test_list_and_show(capsys):
+    from repro.papers import all_specs
+
+    spec = all_specs()[0]
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "41-ghostbn" in out
-    assert main(["show", "ghostbn"]) == 0
+    assert spec.name in out
+    assert main(["show", spec.slug]) == 0
     assert "Parameters" in capsys.readouterr().out
 
 
