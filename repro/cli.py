@@ -84,7 +84,11 @@ def run_notebook(name: str, tier: str, overrides: dict[str, Any], output: Path |
     src = root / "notebooks" / f"{spec.name}.ipynb"
     if not src.is_file():
         raise FileNotFoundError(f"no notebook {src}")
-    out = Path(output) if output else root / "book" / "chapters" / f"{spec.name}.ipynb"
+    from .train import dry_run
+
+    # A dry run's executed copy must not replace the book's chapter.
+    default_dir = root / "results" / "dry-run" if dry_run() else root / "book" / "chapters"
+    out = Path(output) if output else default_dir / f"{spec.name}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.running.ipynb")
     try:

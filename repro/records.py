@@ -188,12 +188,19 @@ class Run:
 
     # -- naming -------------------------------------------------------------------------
     @property
+    def base_dir(self) -> Path:
+        """``results/``, or ``results/dry-run/`` for a dry run (kept out of the book)."""
+        from .train import dry_run
+
+        return results_dir() / "dry-run" if dry_run() else results_dir()
+
+    @property
     def record_path(self) -> Path:
-        return results_dir() / f"{self.spec.name}.{self.tier}.json"
+        return self.base_dir / f"{self.spec.name}.{self.tier}.json"
 
     @property
     def figure_dir(self) -> Path:
-        return results_dir() / "figures" / self.spec.name / self.tier
+        return self.base_dir / "figures" / self.spec.name / self.tier
 
     def setting(self, extra: str = "") -> str:
         """Caption line for figures: tier, seeds, data, device (+ extra)."""
@@ -247,7 +254,7 @@ class Run:
 
         path = self.figure_dir / f"{name}.png"
         save(fig, path, data=data)
-        self.figures[name] = path.relative_to(results_dir()).as_posix()
+        self.figures[name] = path.relative_to(self.base_dir).as_posix()
         return path
 
     # -- closing ------------------------------------------------------------------------
@@ -281,7 +288,7 @@ class Run:
             "paper": {"number": self.spec.number, "slug": self.spec.slug, "name": self.spec.name,
                       "title": self.spec.title, "family": self.spec.family},
             "tier": self.tier,
-            "status": "complete",
+            "status": "dry-run" if self.base_dir != results_dir() else "complete",
             "params": self.params,
             "seeds": self.seeds,
             "metrics": metrics,

@@ -29,6 +29,16 @@ import torch.nn.functional as F
 
 from .data.loader import TensorLoader
 
+DRY_RUN_ENV = "REPRO_DRY_RUN"
+
+
+def dry_run() -> bool:
+    """True when ``REPRO_DRY_RUN`` is set (not 0): every ``fit`` takes one step and every
+    evaluation one batch, with no checkpoints — a check that a tier's code path runs at all
+    (e.g. the gpu tier on a CPU), never a result."""
+    return os.environ.get(DRY_RUN_ENV, "") not in ("", "0")
+
+
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -166,6 +176,7 @@ def predict(model: nn.Module, loader: TensorLoader, bf16: bool = True) -> tuple[
     model.eval()
     outs, ys = [], []
     cuda = loader.device.type == "cuda"
+    dry = dry_run()
     for x, y in loader:
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
@@ -173,6 +184,8 @@ def predict(model: nn.Module, loader: TensorLoader, bf16: bool = True) -> tuple[
             out = model(x)
         outs.append(out.float().cpu())
         ys.append(y.cpu())
+        if dry:
+            break
     model.train(was)
     return torch.cat(outs), torch.cat(ys)
 
@@ -230,7 +243,9 @@ def fit(
     history: list[dict[str, float]] = []
     step, start_epoch, train_s, images = 0, 0, 0.0, 0
     resumed = None
-    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    dry = dry_run()
+    # A dry run must neither resume from nor leave behind checkpoints a real run would trust.
+    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir and not dry else None
 
     if ckpt is not None and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=False)
@@ -263,7 +278,8 @@ def fit(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(start_epoch, cfg.epochs), desc=cfg.desc or "train", unit="ep",
+    end_epoch = min(cfg.epochs, start_epoch + 1) if dry else cfg.epochs
+    bar = tqdm(range(start_epoch, end_epoch), desc=cfg.desc or "train", unit="ep",
                disable=not cfg.progress, initial=start_epoch, total=cfg.epochs, leave=False)
     last_ckpt = time.time()
     for epoch in bar:
@@ -308,6 +324,8 @@ def fit(
                 plan.observe(batch_id, lv)
                 for cb in callbacks:
                     cb.on_step(StepInfo(model=model, step=step, epoch=epoch, loss=lv))
+            if dry:
+                break
         if cuda:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
@@ -316,7 +334,7 @@ def fit(
         row = {"epoch": epoch + 1, "step": step, "lr": cfg.lr * lr_factor(cfg, max(step - 1, 0), total, spe),
                "train_loss": (loss_sum / max(seen, 1)).item(), "train_acc": (correct / max(seen, 1)).item() * 100,
                "images_per_s": seen / dt if dt > 0 else float("nan"), "epoch_s": dt}
-        if test is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+        if test is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 in (cfg.epochs, end_epoch)):
             ev = evaluate(ema if ema is not None else model, test, cfg.bf16)
             row.update(test_loss=ev["loss"], test_acc=ev["acc"])
         if extra_eval is not None:

@@ -2,7 +2,8 @@
 
 One TOML file per paper, ``repro/papers/<slug>.toml``::
 
-    [paper]   number, slug, title, authors, year, venue, arxiv, code, family, claim
+    [paper]   number, slug, title, authors, year, venue, arxiv, code, family, claim,
+              protocol (optional: a family's shared params and tiers, protocols/<name>.toml)
     [params]  name = { default = ..., help = "..." }      # the paper tier's values
     [tiers.smoke] / [tiers.cpu] / [tiers.gpu]   name = value overrides
     [[claims]] id, text, metric, kind ("effect" | "absolute"), direction ("higher" | "lower"),
@@ -134,6 +135,8 @@ def _load_spec(slug: str) -> PaperSpec:
     info = raw["paper"]
     params = {**COMMON_PARAMS, **raw.get("params", {})}
     tiers = raw.get("tiers", {})
+    if info.get("protocol"):
+        params, tiers = _with_protocol(path.name, info["protocol"], params, tiers)
     for t, over in tiers.items():
         check_tier(t)
         for k, v in over.items():
@@ -144,6 +147,32 @@ def _load_spec(slug: str) -> PaperSpec:
     return PaperSpec(number=int(info["number"]), slug=info["slug"], title=info["title"],
                      family=info.get("family", "other"), info=info, params=params, tiers=tiers,
                      claims=claims)
+
+
+def load_protocol(name: str) -> dict[str, Any]:
+    """A family's shared parameters and tier values (``protocols/<name>.toml``)."""
+    path = HERE / "protocols" / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in (HERE / "protocols").glob("*.toml"))
+        raise KeyError(f"no protocol {name!r}; known: {known}")
+    return tomllib.loads(path.read_text())
+
+
+def _with_protocol(file: str, name: str, params: dict, tiers: dict) -> tuple[dict, dict]:
+    """Merge a family protocol into a paper's params and tiers; the paper may not redefine it."""
+    proto = load_protocol(name)
+    shared = proto.get("params", {})
+    clash = sorted(set(shared) & set(params))
+    if clash:
+        raise ParameterError(f"{file}: parameter(s) {', '.join(clash)} belong to the {name!r} protocol")
+    merged_tiers: dict[str, dict] = {}
+    for t in sorted(set(tiers) | set(proto.get("tiers", {}))):
+        own, common = tiers.get(t, {}), proto.get("tiers", {}).get(t, {})
+        clash = sorted(set(own) & set(shared))
+        if clash:
+            raise ParameterError(f"{file}: tier {t} overrides {', '.join(clash)} of the {name!r} protocol")
+        merged_tiers[t] = {**common, **own}
+    return {**params, **shared}, merged_tiers
 
 
 def all_specs() -> list[PaperSpec]:
