@@ -60,6 +60,7 @@ def _execute(path: Path, out: Path, params: dict, env: dict, monkeypatch) -> Non
 def test_notebook_runs_at_smoke_tier(path, tmp_path, notebook_data_env, monkeypatch):
     monkeypatch.setenv("REPRO_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("REPRO_CHECKPOINTS", str(tmp_path / "ckpt"))
+    monkeypatch.setenv("REPRO_TEACHERS", str(tmp_path / "teachers"))
     t0 = time.time()
     _execute(path, tmp_path / "out.ipynb", {"tier": "smoke"}, notebook_data_env, monkeypatch)
     wall = time.time() - t0
