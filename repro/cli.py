@@ -21,6 +21,8 @@ EPILOG = """examples:
   repro data unpack ../shared/data             assemble the project's verified CIFAR-100 copy
   repro data download                          fetch the official archive (needs network)
   repro bench                                  training images/s of ResNet-18/20 and a ViT here
+  repro run pld --tier gpu --dry-run           check that the gpu tier runs, one step per fit
+  repro teachers                               stored distillation teachers
 """
 
 
@@ -106,6 +108,10 @@ def run_notebook(name: str, tier: str, overrides: dict[str, Any], output: Path |
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .papers import ParameterError, all_specs
+    from .train import DRY_RUN_ENV
+
+    if args.dry_run:  # inherited by the papermill kernel
+        os.environ[DRY_RUN_ENV] = "1"
 
     overrides = {k: _parse_value(v) for k, v in (args.param or [])}
     names = [s.name for s in all_specs()] if args.all else [args.slug]
@@ -187,6 +193,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_teachers(args: argparse.Namespace) -> int:
+    from . import teachers
+
+    rows = teachers.stored()
+    if not rows:
+        print(f"no stored teachers (cache: {teachers.cache_dir()}); a distillation chapter trains its "
+              "teacher on first use")
+        return 0
+    for r in rows:
+        print(f"{r['where']:<9} {r['arch']:<10} {r['classes']:>3} cls  top-1 {r['test_acc']:5.1f}%  "
+              f"{r['bytes'] / 2**20:6.1f} MB  {r['folder']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="repro", description="Test the headline CIFAR-100 claims of "
                                 "deep-learning papers: run chapters, keep records, build the book.",
@@ -205,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a parameter (a Python literal); repeat for several")
     s.add_argument("--all", action="store_true", help="run every chapter")
     s.add_argument("--output", help="where to write the executed notebook (default book/chapters/NN-slug.ipynb)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="one training step per fit and one batch per evaluation, nothing stored in the book: "
+                        "checks that a tier's code path runs (e.g. --tier gpu on a CPU)")
     s.set_defaults(func=cmd_run)
     s = sub.add_parser("results", help="regenerate book/results.md and results/results.csv from the records")
     s.set_defaults(func=cmd_results)
@@ -221,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=None, help="default: 128 on CPU, 512 on GPU")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_bench)
+    s = sub.add_parser("teachers", help="stored distillation teachers (committed and cached), with accuracy and size")
+    s.set_defaults(func=cmd_teachers)
     return p
 
 

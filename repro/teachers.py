@@ -7,7 +7,8 @@ a new one. Look-up order: ``artifacts/teachers/`` in the checkout (small teacher
 may be committed there), then the cache ``$REPRO_TEACHERS`` (default
 ``~/.cache/repro/teachers``). A missing teacher is trained on the spot, with a progress bar
 and resumable checkpoints, and stored atomically; it is never swapped for another one. A
-stored teacher that fails to load raises an error that says how to rebuild it.
+stored teacher that fails to load raises an error that says how to rebuild it
+(``get(..., rebuild=True)`` replaces it).
 
 In a dry run (``REPRO_DRY_RUN=1``: one step per fit, for checking that a tier runs at all)
 the teacher is built in a temporary folder and never stored.
@@ -120,9 +121,11 @@ def _load(folder: Path, spec: TeacherSpec, key: str, num_classes: int, device: t
         model = _build_model(spec, num_classes).to(device)
         model.load_state_dict(state)
     except Exception as e:  # noqa: BLE001 — any failure means the artifact is unusable
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise TeacherError(
-            f"the stored teacher in {folder} cannot be used ({e}). Delete that folder to have it "
-            f"rebuilt, or run `repro teachers --rebuild` for this chapter's settings.") from e
+            f"the stored teacher in {folder} cannot be used ({type(e).__name__}: {first}). Delete that "
+            f"folder to have it rebuilt (the next run trains it again), or call "
+            f"repro.teachers.get(..., rebuild=True).") from e
     return Teacher(model.eval(), spec, key, info, folder, built_now=False)
 
 
@@ -149,10 +152,10 @@ def get(spec: TeacherSpec, data, device: torch.device | str = "cpu", rebuild: bo
     folder = None if rebuild else find(spec, data.checksum)
     if folder is not None:
         return _load(folder, spec, key, data.num_classes, device)
-    return _train(spec, key, data, device)
+    return _train(spec, key, data, device, rebuild)
 
 
-def _train(spec: TeacherSpec, key: str, data, device: torch.device) -> Teacher:
+def _train(spec: TeacherSpec, key: str, data, device: torch.device, rebuild: bool = False) -> Teacher:
     dry = dry_run()
     target = None if dry else _folder(cache_dir(), spec, key)
     work = Path(tempfile.mkdtemp(prefix="teacher-")) if dry else target.with_name(target.name + ".build")
@@ -175,6 +178,8 @@ def _train(spec: TeacherSpec, key: str, data, device: torch.device) -> Teacher:
     _save(work / "weights.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
     atomic_write_text(work / "teacher.json", json.dumps(info, indent=1, default=str))
     shutil.rmtree(work / "ckpt", ignore_errors=True)
+    if target.exists() and rebuild:
+        shutil.rmtree(target)
     if target.exists():  # another process finished first: keep theirs
         shutil.rmtree(work, ignore_errors=True)
         return _load(target, spec, key, data.num_classes, device)

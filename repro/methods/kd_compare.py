@@ -1,0 +1,163 @@
+"""Distillation under one protocol: every method of the family on the same pair, data, schedule
+and seeds, with accuracy, calibration and cost per run.
+
+``run_methods`` trains each (method, seed) through the arm registry of
+``repro.methods.distill``; ``summary`` turns the per-run results into the chapter's table;
+the ``plot_*`` functions draw its figures.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import metrics
+from ..metrics import mean_ci
+from ..plots.curves import bar_with_errors
+from ..plots.style import annotate_setting, jsonable, new_figure
+from ..train import predict
+from . import distill
+
+
+def check_methods(methods: Sequence[str], hyper: dict[str, dict[str, Any]] | None = None) -> dict[str, dict]:
+    """Each method's hyper-parameters (defaults + ``hyper``); unknown names fail before training."""
+    if "ce" not in methods:
+        raise ValueError("the comparison needs the 'ce' baseline in methods")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"methods must not repeat: {list(methods)}")
+    hyper = hyper or {}
+    unknown = set(hyper) - set(methods)
+    if unknown:
+        raise ValueError(f"hyper-parameters given for methods not run: {sorted(unknown)}")
+    return {m: distill.arm_hyperparameters(m, hyper.get(m)) for m in methods}
+
+
+def evaluate_student(model: torch.nn.Module, test) -> dict[str, float]:
+    """Top-1 (%), ECE (%, 15 bins), NLL and mean confidence of a trained student on ``test``."""
+    logits, y = predict(model, test)
+    probs = logits.softmax(1)
+    return {"top1": metrics.top1(logits, y), "ece": 100 * metrics.ece(probs, y, n_bins=15),
+            "nll": F.cross_entropy(logits, y).item(), "confidence": 100 * probs.max(1).values.mean().item()}
+
+
+def run_methods(run, data, teacher, methods: Sequence[str], hyper: dict[str, dict[str, Any]],
+                seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Train every (seed, method) on the protocol's setup; one result dict per run."""
+    out = []
+    for seed in seeds:
+        for m in methods:
+            setup = distill.protocol_setup(run, data, seed, teacher)
+            t0 = time.time()
+            res = distill.train_arm(m, setup, **hyper[m])
+            ev = evaluate_student(res.model, setup.test)
+            out.append({"method": m, "seed": seed, **ev, "train_s": res.train_seconds,
+                        "wall_s": time.time() - t0, "train_images": res.train_images,
+                        "images_per_s": res.images_per_s, "history": res.history,
+                        "resumed": res.resumed_from_epoch is not None})
+    return out
+
+
+def per_seed(results: list[dict[str, Any]], key: str) -> dict[str, dict[int, float]]:
+    """method → seed → value."""
+    table: dict[str, dict[int, float]] = {}
+    for r in results:
+        table.setdefault(r["method"], {})[r["seed"]] = r[key]
+    return table
+
+
+def gains_over_ce(results: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
+    """method → seed → top-1 minus the CE student's top-1 of the same seed (paired)."""
+    top = per_seed(results, "top1")
+    return {m: {s: v - top["ce"][s] for s, v in by.items() if s in top["ce"]} for m, by in top.items() if m != "ce"}
+
+
+def summary(results: list[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per method: top-1 mean/std/95% CI, paired gain over CE, ECE, cost per run."""
+    gains = gains_over_ce(results)
+    rows = []
+    for m in methods:
+        runs = [r for r in results if r["method"] == m]
+        top = mean_ci([r["top1"] for r in runs])
+        g = mean_ci(list(gains[m].values())) if m in gains else None
+        rows.append({"method": m, "n": top["n"], "top1_mean": top["mean"], "top1_std": top["std"],
+                     "top1_ci": [top["ci_low"], top["ci_high"]],
+                     "gain_mean": None if g is None else g["mean"],
+                     "gain_ci": None if g is None else [g["ci_low"], g["ci_high"]],
+                     "ece_mean": float(np.mean([r["ece"] for r in runs])),
+                     "train_s_mean": float(np.mean([r["train_s"] for r in runs])),
+                     "images_per_s": float(np.mean([r["images_per_s"] for r in runs]))})
+    return rows
+
+
+def summary_markdown(rows: list[dict[str, Any]]) -> str:
+    """The comparison table as Markdown, best top-1 first."""
+    lines = ["| method | top-1 % (mean ± std) | 95% CI | gain over CE (paired, 95% CI) | ECE % | train s / run | img/s |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(rows, key=lambda r: -r["top1_mean"]):
+        gain = "—" if r["gain_mean"] is None else (f"{r['gain_mean']:+.2f} [{r['gain_ci'][0]:+.2f}, "
+                                                   f"{r['gain_ci'][1]:+.2f}]")
+        lines.append(f"| {r['method']} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} (n={r['n']}) | "
+                     f"[{r['top1_ci'][0]:.2f}, {r['top1_ci'][1]:.2f}] | {gain} | {r['ece_mean']:.2f} | "
+                     f"{r['train_s_mean']:.1f} | {r['images_per_s']:,.0f} |")
+    return "\n".join(lines)
+
+
+def plot_top1(results: list[dict[str, Any]], methods: Sequence[str], teacher_acc: float | None,
+              setting: str):
+    """Student top-1 per method: bars (mean), dots (seeds), ±1 std; the teacher as a line."""
+    top = per_seed(results, "top1")
+    fig, data = bar_with_errors({m: list(top[m].values()) for m in methods}, "student test top-1 (%)",
+                                setting, title="Distillation methods under one protocol")
+    if teacher_acc is not None:
+        ax = fig.axes[0]
+        ax.axhline(teacher_acc, color="0.3", linestyle=":", linewidth=1.2)
+        ax.text(ax.get_xlim()[1], teacher_acc, " teacher", va="center", ha="left", fontsize=8, color="0.3")
+        data["teacher_acc"] = teacher_acc
+    return fig, data
+
+
+def plot_gains(rows: list[dict[str, Any]], setting: str):
+    """Paired gain over CE with its 95% CI, one row per method (a forest plot)."""
+    rows = [r for r in rows if r["gain_mean"] is not None]
+    rows = sorted(rows, key=lambda r: r["gain_mean"])
+    fig, ax = new_figure(width=5.2, height=0.45 * len(rows) + 1.4)
+    for i, r in enumerate(rows):
+        lo, hi = r["gain_ci"]
+        if np.isfinite(lo) and np.isfinite(hi):
+            ax.plot([lo, hi], [i, i], color="C0", linewidth=2)
+        ax.plot(r["gain_mean"], i, "o", color="C0")
+    ax.axvline(0, color="0.3", linewidth=1)
+    ax.set_yticks(range(len(rows)), [r["method"] for r in rows])
+    ax.set_xlabel("top-1 gain over CE, same seed (pts); line = 95% CI")
+    ax.set_title("Which methods beat the plain student?")
+    annotate_setting(fig, setting)
+    return fig, jsonable({"rows": [{k: r[k] for k in ("method", "gain_mean", "gain_ci", "n")} for r in rows],
+                          "setting": setting})
+
+
+def plot_cost(results: list[dict[str, Any]], methods: Sequence[str], setting: str):
+    """Top-1 against training seconds per run (left) and ECE against top-1 (right), one dot per run."""
+    fig, (a, b) = new_figure(ncols=2)
+    pts = {}
+    for i, m in enumerate(methods):
+        runs = [r for r in results if r["method"] == m]
+        x = [r["train_s"] for r in runs]
+        y = [r["top1"] for r in runs]
+        e = [r["ece"] for r in runs]
+        a.plot(x, y, "o", color=f"C{i % 10}", label=m)
+        b.plot(y, e, "o", color=f"C{i % 10}", label=m)
+        pts[m] = {"train_s": x, "top1": y, "ece": e}
+    a.set_xscale("log")
+    a.set_xlabel("training seconds per run (log)")
+    a.set_ylabel("student test top-1 (%)")
+    a.set_title("Accuracy vs cost")
+    b.set_xlabel("student test top-1 (%)")
+    b.set_ylabel("ECE (%, 15 bins)")
+    b.set_title("Calibration vs accuracy")
+    a.legend(fontsize=7, ncols=2)
+    annotate_setting(fig, setting)
+    return fig, jsonable({"runs": pts, "setting": setting})

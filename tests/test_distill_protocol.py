@@ -1,0 +1,79 @@
+"""The distillation family's shared protocol, arm registry and bad-input errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from repro import models
+from repro.data import load
+from repro.methods import distill
+from repro.papers import ParameterError, _with_protocol, all_specs, load_protocol
+from repro.train import TrainConfig
+
+
+def test_protocol_is_merged_and_cannot_be_redefined():
+    proto = load_protocol("distillation")
+    params, tiers = _with_protocol("x.toml", "distillation", {"mine": {"default": 1}}, {"cpu": {"mine": 2}})
+    assert set(proto["params"]) < set(params) and "mine" in params
+    assert tiers["cpu"]["mine"] == 2 and tiers["cpu"]["student"] == proto["tiers"]["cpu"]["student"]
+    with pytest.raises(ParameterError, match="belong to the 'distillation' protocol"):
+        _with_protocol("x.toml", "distillation", {"epochs": {"default": 3}}, {})
+    with pytest.raises(ParameterError, match="overrides epochs"):
+        _with_protocol("x.toml", "distillation", {}, {"cpu": {"epochs": 3}})
+    with pytest.raises(KeyError, match="no protocol"):
+        load_protocol("nope")
+
+
+def test_family_chapters_share_one_protocol_at_every_tier():
+    family = [s for s in all_specs() if s.info.get("protocol") == "distillation"]
+    shared = load_protocol("distillation")["params"]
+    for tier in ("smoke", "cpu", "gpu", "paper"):
+        settings = {s.name: {k: s.resolve(tier)[k] for k in shared} for s in family}
+        assert len({repr(v) for v in settings.values()}) <= 1, settings
+
+
+def test_unknown_arm_and_hyperparameters_are_refused():
+    with pytest.raises(ValueError, match="unknown distillation method 'kdd'"):
+        distill.arm_hyperparameters("kdd")
+    with pytest.raises(ValueError, match="no hyper-parameter"):
+        distill.arm_hyperparameters("kd", {"tau": 4})
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="temperature"):
+            distill.arm_hyperparameters("kd", {"temperature": bad})
+        with pytest.raises(ValueError, match="tau_t"):
+            distill.arm_hyperparameters("pld", {"tau_t": bad})
+    assert distill.arm_hyperparameters("kd") == {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9}
+    assert {"ce", "kd", "nkd", "pld", "dist"} <= set(distill.available_arms())
+
+
+def test_mismatched_pair_is_refused():
+    t = models.create("cnn3", num_classes=10, width=4)
+    s = models.create("cnn3", num_classes=5, width=4)
+    with pytest.raises(ValueError, match="same label space"):
+        distill.check_pair(t, s, image_size=8)
+    assert distill.check_pair(t, models.create("cnn3", num_classes=10, width=4), image_size=8) == 10
+
+
+def _setup(data, teacher=None, seed=0):
+    return distill.StudentSetup(
+        student="cnn3", student_kwargs={"width": 4}, num_classes=data.num_classes,
+        train=data.loader("train", 8, seed=seed), test=data.loader("test", 16),
+        cfg=TrainConfig(epochs=1, lr=0.05, progress=False), teacher=teacher, seed=seed)
+
+
+def test_fixed_teacher_arms_train_and_need_a_teacher(fake_data):
+    data = load(classes=3, per_class=8, test_per_class=4, image_size=8)
+    with pytest.raises(ValueError, match="trained teacher"):
+        distill.train_arm("kd", _setup(data))
+    teacher = models.create("cnn3", num_classes=3, width=4)
+    for name in ("ce", "kd", "nkd", "pld", "dist"):
+        res = distill.train_arm(name, _setup(data, teacher))
+        assert res.steps == 3 and torch.isfinite(torch.tensor(res.final["train_loss"]))
+    # the teacher is frozen by the arms
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_same_seed_gives_the_same_initial_student(fake_data):
+    data = load(classes=3, per_class=8, test_per_class=4, image_size=8)
+    a, b = _setup(data, seed=3).new_student(), _setup(data, seed=3).new_student()
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
