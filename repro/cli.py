@@ -78,7 +78,7 @@ def run_notebook(name: str, tier: str, overrides: dict[str, Any], output: Path |
     import papermill as pm
 
     from .papers import load_spec
-    from .records import project_root
+    from .records import project_root, results_dir
 
     spec = load_spec(name)
     spec.resolve(tier, overrides)
@@ -89,7 +89,7 @@ def run_notebook(name: str, tier: str, overrides: dict[str, Any], output: Path |
     from .train import dry_run
 
     # A dry run's executed copy must not replace the book's chapter.
-    default_dir = root / "results" / "dry-run" if dry_run() else root / "book" / "chapters"
+    default_dir = results_dir() / "dry-run" if dry_run() else root / "book" / "chapters"
     out = Path(output) if output else default_dir / f"{spec.name}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.running.ipynb")
