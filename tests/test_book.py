@@ -281,6 +281,11 @@ def test_book_builds_without_errors(built):
     results = (root / "_build" / "html" / "book" / "results.html").read_text()
     assert '<span class="verdict verdict-partly">partly</span>' in results
     assert "99-fakepaper" in results and "verdicts.css" in results
+    # every executed chapter shows its claim-vs-ours table as a table, not as pipes in a paragraph
+    for page in sorted((root / "_build" / "html" / "book" / "chapters").glob("*.html")):
+        text = page.read_text()
+        assert re.search(r"<table[^>]*>.*?verdict.*?</table>", text, re.S), f"{page.name}: no claims table"
+        assert "| --- |" not in text and "| — |" not in text, f"{page.name}: a Markdown table was not rendered"
 
 
 @pytest.mark.slow
