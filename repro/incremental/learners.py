@@ -1,0 +1,253 @@
+"""The class-incremental loop and the shared baselines.
+
+``run_stream(stream, learner, seed)`` trains task after task and fills the accuracy matrix.
+The network keeps one head over *all* the stream's classes; while task t trains, and when
+the model is evaluated after it, only the logits of the classes seen so far count (the
+usual single-head, task-agnostic protocol; unseen rows get no gradient from the loss).
+
+After each task, in this order: ``post_train`` (e.g. weight aligning), evaluation (one row
+of A), the exemplar-memory update (herding on the current features), and a frozen copy of
+the model for the next task's distillation. Each task is checkpointed by ``fit``, and the
+state after each task (model, previous model, memory, matrix) is saved, so an interrupted
+stream resumes at the task it was in.
+
+Baselines, shared by every chapter: ``FineTune`` (new data only), ``Replay`` (new data +
+exemplars), ``ReplayKD`` (+ distillation of the old classes' logits from the previous model,
+as in iCaRL/WA's base learner), ``Joint`` (all data seen so far: the upper bound).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import models
+from ..losses.distillation import check_temperature
+from ..train import TrainConfig, _save, dry_run, fit, predict
+from .memory import ExemplarMemory, extract_features
+from .metrics import AccuracyMatrix
+from .stream import Stream
+
+
+@dataclass
+class IncrementalConfig:
+    """Schedule and memory of one incremental run (the same for every task unless noted)."""
+
+    arch: str = "resnet32"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 170
+    epochs_first: int | None = None   # the first task's epochs (None: same as the others)
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: tuple[float, ...] = (0.35, 0.6, 0.82)
+    batch_size: int = 128
+    memory: int = 2000                # total exemplar budget (replay learners)
+    memory_mode: str = "herding"      # herding | random
+    kd_temperature: float = 2.0
+    kd_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.memory < 0:
+            raise ValueError(f"memory budget must be ≥ 0, not {self.memory}")
+        check_temperature("kd_temperature", self.kd_temperature)
+        if self.epochs < 0 or (self.epochs_first is not None and self.epochs_first < 0):
+            raise ValueError("epochs must be ≥ 0")
+
+    def train_config(self, t: int, desc: str = "") -> TrainConfig:
+        ep = self.epochs_first if (t == 0 and self.epochs_first is not None) else self.epochs
+        return TrainConfig(epochs=ep, lr=self.lr, weight_decay=self.weight_decay, schedule=self.schedule,
+                           milestones=tuple(self.milestones), desc=desc)
+
+
+def masked_ce(logits: torch.Tensor, y: torch.Tensor, seen: int) -> torch.Tensor:
+    """Cross-entropy over the first ``seen`` classes only."""
+    return F.cross_entropy(logits[:, :seen], y)
+
+
+def kd_old_classes(logits: torch.Tensor, old_logits: torch.Tensor, old: int, temperature: float) -> torch.Tensor:
+    """Soft cross-entropy between the previous and the current model on the ``old`` classes, at T
+    (iCaRL/PyCIL's KD term; equals KL plus the old model's entropy, a constant)."""
+    p_old = F.softmax(old_logits[:, :old] / temperature, dim=1)
+    return -(p_old * F.log_softmax(logits[:, :old] / temperature, dim=1)).sum(1).mean()
+
+
+class Learner:
+    """Fine-tuning: each task trains on its own data with CE over the classes seen so far."""
+
+    name = "finetune"
+    uses_memory = False
+    uses_old_model = False
+    sees_all_data = False
+
+    def __init__(self, cfg: IncrementalConfig) -> None:
+        self.cfg = cfg
+        self.old_model: nn.Module | None = None
+
+    def build(self, num_classes: int) -> nn.Module:
+        return models.create(self.cfg.arch, num_classes=num_classes, **self.cfg.arch_kwargs)
+
+    def loss_fn(self, t: int, seen: int, seen_before: int):
+        def fn(model, x, y):
+            logits = model(x)
+            return masked_ce(logits, y, seen), logits[:, :seen]
+        return fn
+
+    def post_train(self, model: nn.Module, t: int, stream: Stream) -> dict[str, Any]:
+        """Called after task t's training, before its evaluation; returns facts to keep."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class FineTune(Learner):
+    pass
+
+
+class Replay(Learner):
+    """New data plus the exemplar memory, CE over the seen classes."""
+
+    name = "replay"
+    uses_memory = True
+
+
+class ReplayKD(Replay):
+    """Replay + distillation of the old classes' logits from the frozen previous model."""
+
+    name = "replay_kd"
+    uses_old_model = True
+
+    def loss_fn(self, t: int, seen: int, seen_before: int):
+        old_model, T, w = self.old_model, self.cfg.kd_temperature, self.cfg.kd_weight
+
+        def fn(model, x, y):
+            logits = model(x)
+            loss = masked_ce(logits, y, seen)
+            if old_model is not None and seen_before > 0:
+                with torch.no_grad():
+                    old = old_model(x)
+                loss = loss + w * kd_old_classes(logits, old, seen_before, T)
+            return loss, logits[:, :seen]
+        return fn
+
+
+class Joint(Learner):
+    """All training data of the tasks seen so far (no forgetting pressure): the upper bound."""
+
+    name = "joint"
+    sees_all_data = True
+
+
+BASELINES: dict[str, type[Learner]] = {"finetune": FineTune, "replay": Replay, "replay_kd": ReplayKD,
+                                       "joint": Joint}
+
+
+@dataclass
+class StreamResult:
+    """One (learner, seed) run over a stream."""
+
+    learner: str
+    seed: int
+    matrix: AccuracyMatrix
+    histories: list[list[dict[str, float]]]
+    train_s: float
+    memory_sizes: list[int]
+    extras: list[dict[str, Any]]
+    model: nn.Module | None = None
+
+    def summary(self) -> dict[str, float]:
+        return {**self.matrix.summary(), "train_s": self.train_s}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"learner": self.learner, "seed": self.seed, "A": self.matrix.rows,
+                "task_sizes": list(self.matrix.task_sizes), "acc_after": self.matrix.acc_after(),
+                "summary": self.summary(), "memory_sizes": self.memory_sizes, "extras": self.extras,
+                "histories": self.histories}
+
+
+@torch.no_grad()
+def evaluate_row(model: nn.Module, stream: Stream, t: int, device: torch.device | str) -> list[float]:
+    """A[t, j] for j ≤ t: accuracy (%) per task, predicting over the classes seen after task t."""
+    seen = stream.seen(t)
+    logits, y = predict(model, stream.test_loader(range(t + 1), device=device))
+    pred = logits[:, :seen].argmax(1)
+    row = []
+    for j in range(t + 1):
+        mask = torch.isin(y, torch.tensor(stream.tasks[j]))
+        row.append(100.0 * (pred[mask] == y[mask]).float().mean().item() if mask.any() else float("nan"))
+    return row
+
+
+def run_stream(stream: Stream, learner: Learner, seed: int, device: torch.device | str = "cpu",
+               checkpoint_dir: str | Path | None = None, progress: bool = True) -> StreamResult:
+    """Train ``learner`` over every task of ``stream`` and return its accuracy matrix."""
+    device = torch.device(device)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir and not dry_run() else None
+    torch.manual_seed(seed)
+    model = learner.build(stream.num_classes).to(device)
+    memory = ExemplarMemory(learner.cfg.memory if learner.uses_memory else 0,
+                            learner.cfg.memory_mode if learner.uses_memory else "none", seed=seed)
+    matrix = AccuracyMatrix(stream.test_sizes())
+    histories: list[list[dict]] = []
+    extras: list[dict] = []
+    memory_sizes: list[int] = []
+    train_s, start = 0.0, 0
+    if ckpt is not None:  # resume after the last finished task
+        done = sorted(ckpt.glob("after_task*.pt"), key=lambda p: int(p.stem.removeprefix("after_task")))
+        if done:
+            st = torch.load(done[-1], map_location=device, weights_only=False)
+            model.load_state_dict(st["model"])
+            if st["old_model"] is not None:
+                learner.old_model = learner.build(stream.num_classes).to(device)
+                learner.old_model.load_state_dict(st["old_model"])
+                learner.old_model.eval()
+            memory.load_state_dict(st["memory"])
+            learner.load_state_dict(st["learner"])
+            matrix = AccuracyMatrix.from_state(st["matrix"])
+            histories, extras, memory_sizes, train_s = st["histories"], st["extras"], st["memory_sizes"], st["train_s"]
+            start = st["task"] + 1
+    for t in range(start, stream.num_tasks):
+        seen, seen_before = stream.seen(t), (stream.seen(t - 1) if t else 0)
+        if learner.sees_all_data:
+            idx = torch.cat([stream.train_indices(j) for j in range(t + 1)])
+        else:
+            idx = stream.train_indices(t)
+            if learner.uses_memory and len(memory):
+                idx = torch.cat([idx, memory.indices()])
+        train = stream.train_loader(idx, learner.cfg.batch_size, device, seed=seed * 1000 + t)
+        cfg = learner.cfg.train_config(t, desc=f"{learner.name} s{seed} task {t + 1}/{stream.num_tasks}")
+        cfg.progress = progress
+        res = fit(model, train, None, cfg, loss_fn=learner.loss_fn(t, seen, seen_before),
+                  checkpoint_dir=ckpt / f"task{t}" if ckpt else None)
+        train_s += res.train_seconds
+        histories.append(res.history)
+        extra = learner.post_train(model, t, stream)
+        matrix.add_row(evaluate_row(model, stream, t, device))
+        if learner.uses_memory:
+            new = stream.tasks[t]
+            pos = stream.train_indices(t)
+            memory.update(stream.data.y_train[pos], pos, new,
+                          lambda p: extract_features(model, stream.data.x_train[p], device))
+        memory_sizes.append(len(memory))
+        extras.append(extra)
+        if learner.uses_old_model:
+            learner.old_model = copy.deepcopy(model).eval()
+            for p in learner.old_model.parameters():
+                p.requires_grad_(False)
+        if ckpt is not None:
+            _save(ckpt / f"after_task{t}.pt", {
+                "task": t, "model": model.state_dict(), "memory": memory.state_dict(),
+                "old_model": learner.old_model.state_dict() if learner.old_model is not None else None,
+                "learner": learner.state_dict(), "matrix": matrix.state_dict(), "histories": histories,
+                "extras": extras, "memory_sizes": memory_sizes, "train_s": train_s,
+                "config": asdict(learner.cfg)})
+    return StreamResult(learner.name, seed, matrix, histories, train_s, memory_sizes, extras, model)
