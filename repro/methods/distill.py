@@ -140,14 +140,19 @@ def teacher_loss_fn(teacher: nn.Module, term: Callable[[torch.Tensor, torch.Tens
 
 
 def _fit_student(setup: StudentSetup, loss_fn: LossFn | None, tag: str) -> FitResult:
-    if setup.teacher is not None:
-        setup.teacher.to(setup.train.device)
     student = setup.new_student()
     if setup.teacher is not None:
+        setup.teacher.to(setup.train.device)
         check_pair(setup.teacher, student.to(setup.train.device), setup.train.images.shape[-1])
+    return _fit_student_model(setup, student, loss_fn, tag)
+
+
+def _fit_student_model(setup: StudentSetup, model: nn.Module, loss_fn: LossFn | None, tag: str,
+                       **fit_kw: Any) -> FitResult:
+    """``fit`` one arm's model with the setup's loaders and schedule, checkpointed under ``tag``."""
     ckpt = setup.checkpoint_dir / tag if setup.checkpoint_dir else None
     cfg = TrainConfig(**{**setup.cfg.__dict__, "desc": f"{tag} s{setup.seed}"})
-    return fit(student, setup.train, setup.test, cfg, loss_fn=loss_fn, checkpoint_dir=ckpt)
+    return fit(model, setup.train, setup.test, cfg, loss_fn=loss_fn, checkpoint_dir=ckpt, **fit_kw)
 
 
 def _need_teacher(setup: StudentSetup, name: str) -> nn.Module:
