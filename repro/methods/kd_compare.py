@@ -44,21 +44,45 @@ def evaluate_student(model: torch.nn.Module, test) -> dict[str, float]:
             "nll": F.cross_entropy(logits, y).item(), "confidence": 100 * probs.max(1).values.mean().item()}
 
 
-def run_methods(run, data, teacher, methods: Sequence[str], hyper: dict[str, dict[str, Any]],
-                seeds: Sequence[int]) -> list[dict[str, Any]]:
-    """Train every (seed, method) on the protocol's setup; one result dict per run."""
+def check_arms(arms: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """label → (arm, overrides) to label → (arm, full hyper-parameters); bad names fail here."""
+    return {label: (arm, distill.arm_hyperparameters(arm, over)) for label, (arm, over) in arms.items()}
+
+
+def run_arms(run, data, teacher, arms: dict[str, tuple[str, dict[str, Any]]], seeds: Sequence[int],
+             keep_models: bool = False) -> list[dict[str, Any]]:
+    """Train every (seed, labelled arm) on the protocol's setup; one result dict per run.
+
+    ``arms``: label → (arm name, hyper-parameters), e.g. {"PLD τ=4": ("pld", {"tau_t": 4.0})}.
+    With ``keep_models`` each result also holds the trained model under "model" (not JSON).
+    """
     out = []
     for seed in seeds:
-        for m in methods:
+        for label, (arm, hp) in arms.items():
             setup = distill.protocol_setup(run, data, seed, teacher)
             t0 = time.time()
-            res = distill.train_arm(m, setup, **hyper[m])
+            res = distill.train_arm(arm, setup, **hp)
             ev = evaluate_student(res.model, setup.test)
-            out.append({"method": m, "seed": seed, **ev, "train_s": res.train_seconds,
-                        "wall_s": time.time() - t0, "train_images": res.train_images,
-                        "images_per_s": res.images_per_s, "history": res.history,
-                        "resumed": res.resumed_from_epoch is not None})
+            row = {"method": label, "arm": arm, "seed": seed, **ev, "train_s": res.train_seconds,
+                   "wall_s": time.time() - t0, "train_images": res.train_images,
+                   "images_per_s": res.images_per_s, "history": res.history,
+                   "resumed": res.resumed_from_epoch is not None,
+                   **({"extra": res.extra} if res.extra else {})}
+            if keep_models:
+                row["model"] = res.model
+            out.append(row)
     return out
+
+
+def jsonable_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The results without trained models, for the record."""
+    return [{k: v for k, v in r.items() if k != "model"} for r in results]
+
+
+def run_methods(run, data, teacher, methods: Sequence[str], hyper: dict[str, dict[str, Any]],
+                seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Train every (seed, method) with the given hyper-parameters (labels = arm names)."""
+    return run_arms(run, data, teacher, {m: (m, hyper[m]) for m in methods}, seeds)
 
 
 def per_seed(results: list[dict[str, Any]], key: str) -> dict[str, dict[int, float]]:
@@ -69,15 +93,20 @@ def per_seed(results: list[dict[str, Any]], key: str) -> dict[str, dict[int, flo
     return table
 
 
+def gains_over(results: list[dict[str, Any]], base: str = "ce", key: str = "top1") -> dict[str, dict[int, float]]:
+    """method → seed → value minus the ``base`` method's value of the same seed (paired)."""
+    top = per_seed(results, key)
+    return {m: {s: v - top[base][s] for s, v in by.items() if s in top[base]} for m, by in top.items() if m != base}
+
+
 def gains_over_ce(results: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
     """method → seed → top-1 minus the CE student's top-1 of the same seed (paired)."""
-    top = per_seed(results, "top1")
-    return {m: {s: v - top["ce"][s] for s, v in by.items() if s in top["ce"]} for m, by in top.items() if m != "ce"}
+    return gains_over(results, "ce")
 
 
-def summary(results: list[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per method: top-1 mean/std/95% CI, paired gain over CE, ECE, cost per run."""
-    gains = gains_over_ce(results)
+def summary(results: list[dict[str, Any]], methods: Sequence[str], base: str = "ce") -> list[dict[str, Any]]:
+    """One row per method: top-1 mean/std/95% CI, paired gain over ``base``, ECE, cost per run."""
+    gains = gains_over(results, base)
     rows = []
     for m in methods:
         runs = [r for r in results if r["method"] == m]
@@ -93,9 +122,9 @@ def summary(results: list[dict[str, Any]], methods: Sequence[str]) -> list[dict[
     return rows
 
 
-def summary_markdown(rows: list[dict[str, Any]]) -> str:
+def summary_markdown(rows: list[dict[str, Any]], base: str = "CE") -> str:
     """The comparison table as Markdown, best top-1 first."""
-    lines = ["| method | top-1 % (mean ± std) | 95% CI | gain over CE (paired, 95% CI) | ECE % | train s / run | img/s |",
+    lines = [f"| method | top-1 % (mean ± std) | 95% CI | gain over {base} (paired, 95% CI) | ECE % | train s / run | img/s |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(rows, key=lambda r: -r["top1_mean"]):
         gain = "—" if r["gain_mean"] is None else (f"{r['gain_mean']:+.2f} [{r['gain_ci'][0]:+.2f}, "
