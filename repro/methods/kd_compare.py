@@ -190,3 +190,39 @@ def plot_cost(results: list[dict[str, Any]], methods: Sequence[str], setting: st
     a.legend(fontsize=7, ncols=2)
     annotate_setting(fig, setting)
     return fig, jsonable({"runs": pts, "setting": setting})
+
+
+@torch.no_grad()
+def test_probs(model: torch.nn.Module, test) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities [N, C] and labels [N] of a trained student on ``test``."""
+    logits, y = predict(model, test)
+    return logits.softmax(1), y
+
+
+def plot_reliability_grid(probs_by_label: dict[str, tuple[torch.Tensor, torch.Tensor]], setting: str,
+                          n_bins: int = 15, title: str = "Reliability of the students"):
+    """One reliability diagram per label (accuracy vs confidence per bin, ECE in the corner)."""
+    labels = list(probs_by_label)
+    fig, axes = new_figure(ncols=len(labels), width=3.0 * len(labels) + 0.6, height=3.4, squeeze=False)
+    data: dict[str, Any] = {}
+    for ax, label in zip(axes[0], labels):
+        probs, y = probs_by_label[label]
+        b = metrics.reliability_bins(probs, y, n_bins)
+        edges, count = b["edges"], b["count"]
+        centers = (edges[:-1] + edges[1:]) / 2
+        ok = count > 0
+        acc, conf = np.nan_to_num(b["accuracy"]), np.nan_to_num(b["confidence"])
+        ax.bar(centers[ok], acc[ok], width=edges[1] - edges[0], color="C0", edgecolor="white", linewidth=0.5)
+        ax.bar(centers[ok], (conf - acc)[ok], bottom=acc[ok], width=edges[1] - edges[0], color="C1", alpha=0.35,
+               edgecolor="C1", linewidth=0.5)
+        ax.plot([0, 1], [0, 1], "--", color="0.4", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{label}: ECE {100 * b['ece']:.1f}%")
+        ax.set_xlabel("confidence")
+        data[label] = {"edges": edges.tolist(), "accuracy": b["accuracy"].tolist(),
+                       "confidence": b["confidence"].tolist(), "count": count.tolist(), "ece": b["ece"]}
+    axes[0][0].set_ylabel("accuracy (blue) · gap to confidence (orange)")
+    fig.suptitle(title)
+    annotate_setting(fig, setting)
+    return fig, jsonable({"diagrams": data, "n_bins": n_bins, "setting": setting})
