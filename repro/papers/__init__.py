@@ -87,6 +87,13 @@ class PaperSpec:
         out["tier"] = tier
         return out
 
+    def parameters_source(self) -> str:
+        """The notebook's ``parameters`` cell: one ``name = default  # help`` line per parameter.
+
+        "=" in a help text is written ":" (papermill would try to parse it as an assignment)."""
+        return "\n".join(f"{k} = {v['default']!r}" + (f"  # {v['help'].replace('=', ':')}" if v.get("help") else "")
+                         for k, v in self.params.items())
+
     def help_text(self) -> str:
         w = max(len(k) for k in self.params)
         return "\n".join(f"  {k:<{w}}  {v['default']!r:<14} {v.get('help', '')}" for k, v in self.params.items())
