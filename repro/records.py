@@ -342,6 +342,19 @@ def current_run() -> Run | None:
     return _CURRENT
 
 
+def _inline_figures() -> None:
+    """In a Jupyter kernel, draw figures inline whatever MPLBACKEND says: an executed chapter
+    must carry its figures, and CI/papermill environments often set MPLBACKEND=Agg, under
+    which ``plt.show()`` draws nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is not None and getattr(ip, "kernel", None) is not None:
+        ip.run_line_magic("matplotlib", "inline")
+
+
 def start(slug: str, ns: dict[str, Any]) -> Run:
     """Validate the notebook's parameters, apply the tier, seed, pick the device, open a run.
 
@@ -352,6 +365,7 @@ def start(slug: str, ns: dict[str, Any]) -> Run:
     """
     global _CURRENT
     spec = load_spec(slug)
+    _inline_figures()
     injected = _injected_names(ns)
     if os.environ.get(TIER_ENV) and "tier" not in injected:
         # Lets tools that execute notebooks as they are (nbval) pick a small tier.

@@ -40,6 +40,15 @@ def test_parameters_cell_matches_the_spec(path):
     assert values == spec.defaults, f"{path.name}: parameters cell differs from repro/papers/{spec.slug}.toml"
 
 
+def test_parameters_source_is_what_the_spec_says():
+    for spec in SPECS.values():
+        src = spec.parameters_source()
+        values = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(src).body}
+        assert values == spec.defaults, spec.name
+        # papermill reads "name = value  # comment"; an "=" in the comment confuses it
+        assert all("=" not in line.partition("#")[2] for line in src.splitlines()), spec.name
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_sources_carry_no_outputs(path):
     nb = json.loads(path.read_text())

@@ -59,13 +59,15 @@ def check_labels(learners: Mapping[str, Factory]) -> None:
 
 def run_learners(run, stream: Stream, learners: Mapping[str, Factory], cfg: IncrementalConfig,
                  seeds: Sequence[int], keep_models: bool = False,
-                 configs: Mapping[str, IncrementalConfig] | None = None) -> list[dict[str, Any]]:
+                 configs: Mapping[str, IncrementalConfig] | None = None,
+                 progress: bool = True) -> list[dict[str, Any]]:
     """Train every (seed, learner) over the stream; one result dict per run.
 
     Each job is checkpointed after every task under ``run.checkpoint_dir(label, seed)``, so an
     interrupted chapter resumes at the task it was in. ``configs`` gives a learner its own
     config (e.g. another memory budget); the others use ``cfg``. With ``keep_models`` each
     result also holds the final model under "model" and the learner under "learner_obj".
+    ``progress=False`` silences the per-task progress bars (e.g. for a search of many runs).
     """
     check_labels(learners)
     configs = dict(configs or {})
@@ -74,7 +76,8 @@ def run_learners(run, stream: Stream, learners: Mapping[str, Factory], cfg: Incr
         for label, factory in learners.items():
             learner = factory(configs.get(label, cfg))
             t0 = time.time()
-            res = run_stream(stream, learner, seed, run.device, checkpoint_dir=run.checkpoint_dir(label, seed))
+            res = run_stream(stream, learner, seed, run.device, checkpoint_dir=run.checkpoint_dir(label, seed),
+                             progress=progress)
             row = {"method": label, "seed": seed, "order_seed": stream.order_seed, **res.to_json(), "train_s": res.train_s,
                    "wall_s": time.time() - t0}
             if keep_models:
