@@ -1,0 +1,215 @@
+"""Chapter 10 (nmc): nearest-mean classifier on frozen features, the pretraining split that keeps
+the backbone's classes out of the stream, the backbone transplant, probes, and bad inputs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from repro import models
+from repro.data import Dataset
+from repro.incremental import chapter
+from repro.incremental.learners import FineTune, IncrementalConfig, Replay
+from repro.incremental.stream import Stream
+from repro.methods import nmc
+from repro.papers import load_spec
+from repro.records import Run
+
+
+def toy_stream(y_train: list[int], y_test: list[int], tasks: list[list[int]]) -> Stream:
+    """A stream whose images are blank: the tests hand the features in directly."""
+    n, m = len(y_train), len(y_test)
+    data = Dataset(x_train=torch.zeros(n, 3, 4, 4, dtype=torch.uint8), y_train=torch.tensor(y_train),
+                   x_test=torch.zeros(m, 3, 4, 4, dtype=torch.uint8), y_test=torch.tensor(y_test),
+                   classes=list(range(len({c for t in tasks for c in t}))), class_names=[], checksum="toy")
+    return Stream(data=data, order=data.classes, tasks=tasks, scenario="toy", order_seed=None)
+
+
+# -- the nearest-mean classifier --------------------------------------------------------------------
+def test_class_means_average_the_normalised_features_and_are_not_renormalised():
+    f = torch.tensor([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0], [0.0, -5.0]])
+    y = torch.tensor([0, 0, 1, 2])
+    mu = nmc.class_means(f, y, [0, 1, 2])
+    # class 0: mean of (0.6, 0.8) and (0, 1) = (0.3, 0.9), whose norm is ≈ 0.949, kept as is
+    assert torch.allclose(mu, torch.tensor([[0.3, 0.9], [1.0, 0.0], [0.0, -1.0]]))
+    raw = nmc.class_means(f, y, [0], normalize=False)
+    assert torch.allclose(raw, torch.tensor([[1.5, 3.0]]))
+    with pytest.raises(ValueError, match="class 5 has no training features"):
+        nmc.class_means(f, y, [5])
+
+
+def test_nmc_predicts_the_nearest_mean():
+    mu = torch.tensor([[0.3, 0.9], [1.0, 0.0], [0.0, -1.0]])
+    # (1, 5)/|·| ≈ (0.196, 0.981): distance² 0.017 to μ0, 1.6 to μ1 → 0; (2, −1)/√5 = (0.894, −0.447):
+    # 0.21 to μ1, 1.1 to μ2 → 1; (0.1, −3) points almost straight down → 2
+    x = torch.tensor([[1.0, 5.0], [2.0, -1.0], [0.1, -3.0]])
+    assert nmc.nmc_predict(x, mu).tolist() == [0, 1, 2]
+    # raw features: (2, -1) is nearest to (1, 0) (distance² 2) before (0, -1) (distance² 4)
+    assert nmc.nmc_predict(torch.tensor([[2.0, -1.0]]), mu, normalize=False).tolist() == [1]
+
+
+def test_nmc_stream_matrix_by_hand():
+    # task 0 = class 0, task 1 = class 1; raw 1-D features on the x axis
+    s = toy_stream([0, 0, 1, 1], [0, 0, 1], [[0], [1]])
+    f_train = torch.tensor([[0.0, 0.0], [2.0, 0.0], [4.0, 0.0], [4.0, 0.0]])   # μ0 = (1, 0), μ1 = (4, 0)
+    f_test = torch.tensor([[0.0, 0.0], [3.0, 0.0], [5.0, 0.0]])
+    m = nmc.nmc_stream(s, f_train, f_test, normalize=False)
+    # after task 0 only μ0 exists: both class-0 test points are right. After task 1 the point at 3
+    # is nearer μ1 (1 < 2): class 0 drops to 50 %, class 1 is right.
+    assert m.rows == [[100.0], [50.0, 100.0]]
+    assert m.acc_after() == pytest.approx([100.0, 200.0 / 3])
+    assert m.average_incremental() == pytest.approx((100.0 + 200.0 / 3) / 2)
+    assert m.forgetting() == pytest.approx(50.0)
+
+
+def test_nmc_is_exact_on_its_own_training_points_when_classes_are_separated():
+    # the card's smoke check: 3 tasks × 2 classes of tight clusters, exact means → 100 %
+    g = torch.Generator().manual_seed(0)
+    centres = torch.eye(6) * 10
+    y = torch.arange(6).repeat_interleave(5)
+    f = centres[y] + 0.01 * torch.randn(len(y), 6, generator=g)
+    s = toy_stream(y.tolist(), y.tolist(), [[0, 1], [2, 3], [4, 5]])
+    m = nmc.nmc_stream(s, f, f)
+    assert m.rows == [[100.0], [100.0, 100.0], [100.0, 100.0, 100.0]]
+    assert m.forgetting() == 0.0
+
+
+# -- linear probes -----------------------------------------------------------------------------------
+def test_joint_probe_separates_separable_features_and_sequential_probe_is_seeded():
+    y = torch.arange(4).repeat_interleave(8)
+    f = torch.eye(4)[y] * 3 + 0.05 * torch.randn(len(y), 4, generator=torch.Generator().manual_seed(1))
+    s = toy_stream(y.tolist(), y.tolist(), [[0, 1], [2, 3]])
+    m, secs = nmc.probe_stream(s, f, f, joint=True, epochs=60, lr=0.05, batch_size=8, seed=0)
+    assert m.rows == [[100.0], [100.0, 100.0]] and secs > 0
+    a, _ = nmc.probe_stream(s, f, f, joint=False, epochs=5, lr=0.05, batch_size=8, seed=3)
+    b, _ = nmc.probe_stream(s, f, f, joint=False, epochs=5, lr=0.05, batch_size=8, seed=3)
+    assert a.rows == b.rows
+
+
+def test_result_rows_feed_the_family_tables():
+    s = toy_stream([0, 0, 1, 1], [0, 0, 1], [[0], [1]])
+    m = nmc.nmc_stream(s, torch.tensor([[0.0, 0], [2, 0], [4, 0], [4, 0]]), torch.tensor([[0.0, 0], [3, 0], [5, 0]]),
+                       normalize=False)
+    rows = [nmc.result_row("nmc", seed, s, m, 0.0, 0.1) for seed in (0, 1)]
+    assert rows[0]["summary"]["forgetting"] == pytest.approx(50.0) and rows[1]["seed"] == 1
+    assert "| nmc (n=2) | 83.33 ± 0.00 | 66.67 ± 0.00 | 50.00 ± 0.00 |" in chapter.summary_markdown(rows)
+
+
+# -- which classes pretrain the backbone ---------------------------------------------------------------
+def test_pretrain_split_takes_the_tail_of_the_order_and_keeps_clear_tasks():
+    order = list(range(100))
+    tasks10 = [list(range(i, i + 10)) for i in range(0, 100, 10)]
+    pre, kept = nmc.pretrain_split(order, tasks10, 50)
+    assert pre == list(range(50, 100)) and kept == 5            # the gpu tier: 5 of the 10 tasks
+    tasks5 = [list(range(i, i + 5)) for i in range(0, 20, 5)]  # the cpu tier's 20-class stream
+    assert nmc.pretrain_split(order[::-1], tasks5, 40) == (list(range(39, -1, -1)), 4)
+    with pytest.raises(ValueError, match="both sides"):
+        nmc.pretrain_split(order, tasks10, 45)
+    with pytest.raises(ValueError, match="at least 2"):
+        nmc.pretrain_split(order, tasks10, 90)       # one task left
+    with pytest.raises(ValueError, match="1..99"):
+        nmc.pretrain_split(order, tasks10, 100)
+
+
+def test_restrict_stream_drops_the_later_tasks_and_their_images(fake_data):
+    from repro.incremental import make_stream
+
+    s = make_stream(classes=20, scenario="B0-Inc5", per_class=4, test_per_class=2, image_size=8)
+    r = nmc.restrict_stream(s, 2)
+    assert r.tasks == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]] and r.order == s.order[:10]
+    assert len(r.data.y_train) == 40 and int(r.data.y_train.max()) == 9 and len(r.data.y_test) == 20
+    assert r.data.classes == s.data.classes[:10] and "first 2 tasks" in r.scenario
+    assert nmc.restrict_stream(s, 4) is s
+
+
+def test_check_params_refuses_bad_settings_before_any_training():
+    spec = load_spec("nmc")
+    nmc.check_params(spec.resolve("cpu"))
+    with pytest.raises(ValueError, match="needs its pretrained weights"):
+        nmc.check_params(spec.resolve("paper"))                  # ViT-B/16-in21k: no weights here
+    with pytest.raises(ValueError, match="does not exist"):
+        nmc.check_params(spec.resolve("paper", {"weights": "/no/such/file.pt"}))
+    for bad in ({"pretrain_classes": 0}, {"pretrain_classes": 100}, {"pretrain_epochs": 0},
+                {"probe_epochs": 0}, {"epochs": 0}, {"arch": "resnet7"}, {"pretrain_per_class": -1}):
+        with pytest.raises(ValueError):
+            nmc.check_params(spec.resolve("cpu", bad))
+
+
+def test_chapter_stream_errors_on_a_straddling_split_before_training(fake_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRO_CHECKPOINTS", str(tmp_path / "ckpt"))
+    params = load_spec("nmc").resolve("gpu", {"pretrain_classes": 45})
+    run = Run(load_spec("nmc"), params, torch.device("cpu"))
+    with pytest.raises(ValueError, match="both sides"):
+        nmc.chapter_stream(run)
+
+
+def test_chapter_stream_cuts_the_full_stream_and_keeps_pretraining_classes_out(fake_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRO_CHECKPOINTS", str(tmp_path / "ckpt"))
+    # the gpu tier's 100-class stream, with fewer and smaller images for speed
+    params = load_spec("nmc").resolve("gpu", {"per_class": 2, "test_per_class": 1, "image_size": 8})
+    run = Run(load_spec("nmc"), params, torch.device("cpu"))
+    stream, pre = nmc.chapter_stream(run)
+    assert stream.num_tasks == 5 and stream.num_classes == 50 and len(pre) == 50
+    assert not set(pre) & set(stream.order) and set(pre) | set(stream.order) == set(range(100))
+    assert "50 classes" in run.data_info["description"]
+
+
+# -- the backbone -------------------------------------------------------------------------------------
+def test_backbone_transplants_features_and_gives_a_fresh_head():
+    torch.manual_seed(0)
+    src = models.create("cnn3", num_classes=7, width=4)
+    bb = nmc.Backbone("toy", nmc._without_head(src.state_dict()),
+                      lambda c: models.create("cnn3", num_classes=c, width=4))
+    torch.manual_seed(1)
+    m = bb.make(5)
+    x = torch.randn(3, 3, 8, 8)
+    src.eval(), m.eval()
+    assert torch.equal(m.features(x), src.features(x)) and m.head.out_features == 5
+    frozen = bb.frozen()
+    assert not any(p.requires_grad for p in frozen.parameters()) and not frozen.training
+    learner = nmc.pretrained(Replay, bb)(IncrementalConfig(arch="cnn3", epochs=1, memory=4))
+    assert isinstance(learner, Replay) and learner.uses_memory
+    assert torch.equal(learner.build(5).eval().features(x), m.features(x))
+    assert isinstance(nmc.pretrained(FineTune, bb)(IncrementalConfig()), FineTune)
+    wrong = nmc.Backbone("toy", {"extra.weight": torch.zeros(1)}, lambda c: models.create("cnn3", num_classes=c))
+    with pytest.raises(RuntimeError, match="do not fit"):
+        wrong.make(3)
+
+
+def test_timm_backbone_from_a_weights_file_sees_unnormalised_resized_images(tmp_path):
+    import timm
+
+    from repro.data import MEAN, STD
+
+    torch.manual_seed(0)
+    full = timm.create_model("test_resnet", pretrained=False, num_classes=11)  # with its classifier
+    path = tmp_path / "w.pt"
+    torch.save(full.state_dict(), path)
+    bb = nmc.timm_backbone("test_resnet", str(path))
+    net = bb.frozen()
+    img = torch.rand(2, 3, 16, 16)
+    x = (img - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    size = bb.info["input_size"]
+    ref = torch.nn.functional.interpolate(img, size=(size, size), mode="bilinear", align_corners=False)
+    full.eval()
+    with torch.no_grad():
+        want = full.forward_head(full.forward_features(ref), pre_logits=True)
+        assert torch.allclose(net.features(x), want, atol=1e-5)
+    with pytest.raises(ValueError, match="needs weights"):
+        nmc.timm_backbone("test_resnet")
+    torch.save({"nothing": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="no weights for"):
+        nmc.timm_backbone("test_resnet", str(tmp_path / "bad.pt"))
+
+
+def test_cifar_backbone_is_trained_once_and_cached(fake_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRO_CHECKPOINTS", str(tmp_path / "ckpt"))
+    params = load_spec("nmc").resolve("smoke")
+    params.update(per_class=4, test_per_class=2, image_size=8, pretrain_per_class=4)
+    run = Run(load_spec("nmc"), params, torch.device("cpu"))
+    stream, pre = nmc.chapter_stream(run)
+    assert stream.num_classes == 6 and len(pre) == 10 and not set(pre) & set(stream.order)
+    a = nmc.chapter_backbone(run, stream, pre)
+    assert not a.info["cached"] and len(a.info["history"]) == 2 and "nmc_aia" in a.info["history"][0]
+    b = nmc.chapter_backbone(run, stream, pre)
+    assert b.info["cached"] and all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+    assert b.info["history"] == a.info["history"]
