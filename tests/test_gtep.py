@@ -238,3 +238,14 @@ def test_run_search_trains_every_cell_and_resumes(smoke_run):
     assert r["hp"] == search["replay_kd"][0]
     again = G.run_search(smoke_run, streams, search, [0], memory=12, verbose=False)  # from checkpoints
     assert [x["aia"] for x in again] == [x["aia"] for x in rows]
+
+
+def test_chosen_results_are_the_evaluation_runs_of_the_tuning_pick():
+    def row(phase, config, seed, aia):
+        return {"phase": phase, "method": "replay", "config": config, "seed": seed, "aia": aia,
+                "A": [[aia]], "acc_after": [aia]}
+    # config 1 wins on D^HT (20 > 10); config 0 would win on D^E (30 > 25)
+    rows = [row("tuning", 0, 0, 10.0), row("tuning", 1, 0, 20.0),
+            row("evaluation", 0, 0, 30.0), row("evaluation", 1, 0, 25.0)]
+    got = G.chosen_results(rows, ["replay"])
+    assert got == [{"method": "replay", "seed": 0, "A": [[25.0]], "acc_after": [25.0]}]

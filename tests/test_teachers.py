@@ -15,6 +15,8 @@ SPEC = teachers.TeacherSpec(arch="cnn3", arch_kwargs={"width": 4}, classes=3, pe
 @pytest.fixture
 def tiny(fake_data, tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_TEACHERS", str(tmp_path / "teachers"))
+    # the checkout's own committed teachers (artifacts/teachers) stay out of these tests
+    monkeypatch.setattr(teachers, "committed_dir", lambda: tmp_path / "committed")
     monkeypatch.delenv("REPRO_DRY_RUN", raising=False)
     return load(classes=3, per_class=8, test_per_class=4, image_size=8)
 
@@ -46,6 +48,15 @@ def test_corrupt_teacher_is_an_error_not_a_replacement(tiny):
         teachers.get(SPEC, tiny)
     rebuilt = teachers.get(SPEC, tiny, rebuild=True)
     assert rebuilt.built_now
+
+
+def test_committed_teacher_is_found_first(tiny, tmp_path):
+    cached = teachers.get(SPEC, tiny)
+    dest = teachers.commit(cached)
+    assert dest.parent == tmp_path / "committed" and (dest / "weights.pt").is_file()
+    again = teachers.get(SPEC, tiny)
+    assert not again.built_now and again.path == dest
+    assert sorted(t["where"] for t in teachers.stored()) == ["cache", "committed"]
 
 
 def test_class_count_must_match(tiny):

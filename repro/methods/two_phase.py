@@ -438,6 +438,15 @@ def plot_transfer(rows: Sequence[Mapping[str, Any]], algorithms: Sequence[str], 
     return fig, jsonable({**data, "setting": setting, "bars": "min-max over seeds"})
 
 
+def chosen_results(rows: Sequence[Mapping[str, Any]], algorithms: Sequence[str]) -> list[dict[str, Any]]:
+    """The evaluation-stream runs of each algorithm's two-phase choice H*, one per seed, in the
+    form ``repro.incremental.chapter.plot_matrices`` reads (method, seed, A)."""
+    table = protocol_table(rows, algorithms, "aia")
+    return [{"method": m, "seed": r["seed"], "A": r["A"], "acc_after": r["acc_after"]}
+            for m in algorithms for r in rows
+            if (r["phase"], r["method"], r["config"]) == ("evaluation", m, table[m]["gtep_config"])]
+
+
 def plot_chosen_curves(rows: Sequence[Mapping[str, Any]], streams: Mapping[str, Stream],
                        algorithms: Sequence[str], setting: str):
     """Accuracy on all seen classes after each task for the chosen configurations: H* on
