@@ -233,6 +233,16 @@ def mean_ci(values: ArrayLike, confidence: float = 0.95) -> dict[str, float | in
     return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": n}
 
 
+def mean_std_text(values: Sequence[float | None], fmt: str = ".2f") -> str:
+    """"mean ± std" over seeds for tables (``ddof=1``; std 0 for one value). Missing and
+    non-finite values are left out; with none left the text is "—"."""
+    v = [float(x) for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return "—"
+    sd = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+    return f"{np.mean(v):{fmt}} ± {sd:{fmt}}"
+
+
 METRICS: dict[str, Callable[..., float]] = {
     "top1": top1,    # (logits [N, C], labels [N]) -> percent
     "top5": top5,    # (logits [N, C], labels [N]) -> percent

@@ -20,7 +20,7 @@ PARAMS = dict(tier="smoke", classes=6, scenario="B0-Inc2", order_seed=1993, per_
 def run(fake_data, tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("REPRO_CHECKPOINTS", str(tmp_path / "ckpt"))
-    return Run(load_spec("bdkd"), dict(PARAMS), torch.device("cpu"))
+    return Run(load_spec("wa"), dict(PARAMS), torch.device("cpu"))
 
 
 def test_protocol_config_reads_the_run_and_maps_zero_first_epochs_to_none(run):

@@ -135,3 +135,11 @@ def test_registry():
     assert set(METRICS) == {"top1", "top5", "ece", "auroc", "fpr95"}
     assert METRICS["top1"](LOGITS, LABELS) == pytest.approx(50.0)
     assert METRICS["auroc"]([0.9, 0.8, 0.4], [0.5, 0.3]) == pytest.approx(5 / 6)
+
+
+def test_mean_std_text_by_hand():
+    from repro.metrics import mean_std_text
+    assert mean_std_text([1.0, 3.0]) == "2.00 ± 1.41"          # std with ddof=1: √2
+    assert mean_std_text([5.0], ".1f") == "5.0 ± 0.0"
+    assert mean_std_text([1.0, float("nan"), None, 3.0], ".1f") == "2.0 ± 1.4"
+    assert mean_std_text([None, float("nan")]) == "—"

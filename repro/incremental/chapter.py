@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics import mean_std_text
 from ..plots.incremental import accuracy_curves, accuracy_matrix_heatmap
 from ..plots.style import annotate_setting, jsonable, new_figure
 from .learners import IncrementalConfig, Learner, run_stream
@@ -107,13 +108,6 @@ def log_gain(run, results: list[dict[str, Any]], a: str, b: str, key: str = "aia
     return gains
 
 
-def _ms(vals: Sequence[float]) -> str:
-    v = [x for x in vals if np.isfinite(x)]
-    if not v:
-        return "—"
-    return f"{np.mean(v):.2f} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.2f}"
-
-
 def summary_markdown(results: list[dict[str, Any]], labels: Sequence[str] | None = None) -> str:
     """Mean ± std over seeds of AIA, last accuracy, forgetting, the final old/new split and
     the training time of each learner."""
@@ -123,8 +117,9 @@ def summary_markdown(results: list[dict[str, Any]], labels: Sequence[str] | None
     for label in labels:
         runs = [r for r in results if r["method"] == label]
         s = {k: [r["summary"][k] for r in runs] for k in SUMMARY_KEYS}
-        lines.append(f"| {label} (n={len(runs)}) | {_ms(s['aia'])} | {_ms(s['last'])} | {_ms(s['forgetting'])} "
-                     f"| {_ms(s['old_last'])} / {_ms(s['new_last'])} | {np.mean([r['train_s'] for r in runs]):.1f} |")
+        ms = {k: mean_std_text(v) for k, v in s.items()}
+        lines.append(f"| {label} (n={len(runs)}) | {ms['aia']} | {ms['last']} | {ms['forgetting']} "
+                     f"| {ms['old_last']} / {ms['new_last']} | {np.mean([r['train_s'] for r in runs]):.1f} |")
     return "\n".join(lines)
 
 

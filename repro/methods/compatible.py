@@ -41,6 +41,7 @@ from torch.nn.utils import parametrizations
 from .. import models
 from ..incremental.memory import extract_features
 from ..incremental.stream import Stream
+from ..metrics import mean_std_text
 from ..plots.style import COLORS, annotate_setting, jsonable, new_figure
 from ..train import TrainConfig, fit, predict
 
@@ -429,14 +430,6 @@ def log_seed_metrics(run, results: list[dict[str, Any]]) -> None:
                     map_oca_minus_no_ortho_new_old=oca["pairs"]["new_old"]["map"] - abl["pairs"]["new_old"]["map"])
 
 
-def _ms(v: Sequence[float], fmt: str = ".1f") -> str:
-    v = [x for x in v if x is not None and np.isfinite(x)]
-    if not v:
-        return "—"
-    sd = np.std(v, ddof=1) if len(v) > 1 else 0.0
-    return f"{np.mean(v):{fmt}} ± {sd:{fmt}}"
-
-
 def summary_markdown(results: list[dict[str, Any]], arms: Sequence[str]) -> str:
     """Mean ± std over seeds: mAP and CMC top-1 of each pair, classification top-1, ‖WᵀW − I‖,
     training time. The old model's row holds old/old."""
@@ -447,10 +440,10 @@ def summary_markdown(results: list[dict[str, Any]], arms: Sequence[str]) -> str:
         rs = [r for r in results if r["method"] == m]
         if not rs:
             continue
-        p = lambda pair, k: _ms([r["pairs"][pair][k] for r in rs if pair in r["pairs"]])
-        ortho = "—" if m == "old" else _ms([r["ortho_error"] for r in rs], ".1e")
+        p = lambda pair, k: mean_std_text([r["pairs"][pair][k] for r in rs if pair in r["pairs"]], ".1f")
+        ortho = "—" if m == "old" else mean_std_text([r["ortho_error"] for r in rs], ".1e")
         lines.append(f"| {m} (n={len(rs)}) | {p('old_old', 'map')} | {p('new_old', 'map')} | {p('new_new', 'map')} "
-                     f"| {p('new_old', 'top1')} | {p('new_new', 'top1')} | {_ms([r['acc'] for r in rs])} | {ortho} "
+                     f"| {p('new_old', 'top1')} | {p('new_new', 'top1')} | {mean_std_text([r['acc'] for r in rs], '.1f')} | {ortho} "
                      f"| {np.mean([r['train_s'] for r in rs]):.1f} |")
     return "\n".join(lines)
 

@@ -48,6 +48,7 @@ from ..incremental.chapter import protocol_config
 from ..incremental.learners import FineTune, IncrementalConfig, Learner
 from ..incremental.memory import extract_features
 from ..incremental.stream import Stream
+from ..metrics import mean_std_text
 from ..plots.style import annotate_setting, jsonable, new_figure
 from ..train import TrainConfig
 
@@ -544,8 +545,7 @@ def log_claim_metrics(run, results: list[dict[str, Any]]) -> None:
 def inference_markdown(results: list[dict[str, Any]], labels: Sequence[str]) -> str:
     """AIA and last accuracy of the NAPA-VQ learners under the official inference (nearest
     normalised CV) and under plain Euclidean distance, mean ± std over seeds."""
-    def ms(v):
-        return f"{np.mean(v):.2f} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.2f}"
+    ms = mean_std_text
     lines = ["| learner | AIA %, normalised (official) | AIA %, Euclidean | last %, normalised | last %, Euclidean |",
              "| --- | --- | --- | --- | --- |"]
     for label in labels:

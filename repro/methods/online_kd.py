@@ -287,8 +287,7 @@ def _coarsen(values: Sequence[float], max_points: int) -> list[float]:
 
 def summary_markdown(results: list[dict[str, Any]], labels: Sequence[str]) -> str:
     """Mean ± std over seeds of student (and online teacher) top-1, ECE, NLL, confidence."""
-    def ms(vals):
-        return f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0.0:.2f}"
+    ms = metrics.mean_std_text
 
     lines = ["| arm | student top-1 % | student ECE % | student NLL | student conf. % | teacher top-1 % "
              "| teacher ECE % | train s / run |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -35,6 +35,7 @@ from ..data import Dataset, class_order, incremental_tasks
 from ..incremental.chapter import protocol_config
 from ..incremental.learners import BASELINES, run_stream
 from ..incremental.stream import Stream, parse_scenario
+from ..metrics import mean_std_text
 from ..plots.style import annotate_setting, jsonable, new_figure
 
 SPLITS = ("halves", "disjoint")
@@ -316,13 +317,6 @@ def log_metrics(run, rows: Sequence[Mapping[str, Any]], algorithms: Sequence[str
 
 
 # -- tables ------------------------------------------------------------------------------------
-def _ms(vals: Sequence[float]) -> str:
-    v = [x for x in vals if np.isfinite(x)]
-    if not v:
-        return "—"
-    return f"{np.mean(v):.1f} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.1f}"
-
-
 def search_markdown(search: Mapping[str, list[dict[str, Any]]], params: Mapping[str, Any]) -> str:
     """The search space and how many of its points each algorithm tries."""
     grids = {hp: params[name] for hp, name in GRIDS.items()}
@@ -352,8 +346,8 @@ def protocol_markdown(rows: Sequence[Mapping[str, Any]], search: Mapping[str, li
         gaps = [t["usual"][s] - t["gtep"][s] for s in t["usual"]]
         lines.append(f"| {m} | #{t['gtep_config']}: {describe_config(search[m][t['gtep_config']])} "
                      f"| #{t['usual_config']}: {describe_config(search[m][t['usual_config']])}{same} "
-                     f"| {_ms(list(t['tuning'].values()))} | {_ms(list(t['gtep'].values()))} "
-                     f"| {_ms(list(t['usual'].values()))} | {_ms(gaps)} | {ru[m]} → {rg[m]} |")
+                     f"| {mean_std_text(list(t['tuning'].values()), '.1f')} | {mean_std_text(list(t['gtep'].values()), '.1f')} "
+                     f"| {mean_std_text(list(t['usual'].values()), '.1f')} | {mean_std_text(gaps, '.1f')} | {ru[m]} → {rg[m]} |")
     return "\n".join(lines)
 
 
