@@ -147,3 +147,19 @@ def test_family_figures_carry_numbers_and_setting():
     fig, data = accuracy_curves({"replay": [m.acc_after(), [80.0, 60.0, 65.0]]}, [2, 4, 6], setting="s")
     assert data["curves"]["replay"]["mean"] == pytest.approx([85.0, 65.0, 67.5])
     assert data["curves"]["replay"]["n"] == 2
+
+
+def test_class_means_by_hand():
+    from repro.incremental.memory import class_means
+
+    f = torch.tensor([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0], [0.0, -5.0]])
+    y = torch.tensor([0, 0, 1, 2])
+    mu = class_means(f, y, [0, 1, 2])
+    # class 0: mean of (0.6, 0.8) and (0, 1) = (0.3, 0.9), norm ≈ 0.949, not re-normalised
+    assert torch.allclose(mu, torch.tensor([[0.3, 0.9], [1.0, 0.0], [0.0, -1.0]]))
+    assert torch.allclose(class_means(f, y, [2, 0])[0], torch.tensor([0.0, -1.0]))  # in the given order
+    assert torch.allclose(class_means(f, y, [0], normalize=False), torch.tensor([[1.5, 3.0]]))
+    with pytest.raises(ValueError, match="class 5 has no training features"):
+        class_means(f, y, [5])
+    with pytest.raises(ValueError, match="labels"):
+        class_means(f, y[:3], [0])

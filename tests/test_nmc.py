@@ -25,18 +25,6 @@ def toy_stream(y_train: list[int], y_test: list[int], tasks: list[list[int]]) ->
 
 
 # -- the nearest-mean classifier --------------------------------------------------------------------
-def test_class_means_average_the_normalised_features_and_are_not_renormalised():
-    f = torch.tensor([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0], [0.0, -5.0]])
-    y = torch.tensor([0, 0, 1, 2])
-    mu = nmc.class_means(f, y, [0, 1, 2])
-    # class 0: mean of (0.6, 0.8) and (0, 1) = (0.3, 0.9), whose norm is ≈ 0.949, kept as is
-    assert torch.allclose(mu, torch.tensor([[0.3, 0.9], [1.0, 0.0], [0.0, -1.0]]))
-    raw = nmc.class_means(f, y, [0], normalize=False)
-    assert torch.allclose(raw, torch.tensor([[1.5, 3.0]]))
-    with pytest.raises(ValueError, match="class 5 has no training features"):
-        nmc.class_means(f, y, [5])
-
-
 def test_nmc_predicts_the_nearest_mean():
     mu = torch.tensor([[0.3, 0.9], [1.0, 0.0], [0.0, -1.0]])
     # (1, 5)/|·| ≈ (0.196, 0.981): distance² 0.017 to μ0, 1.6 to μ1 → 0; (2, −1)/√5 = (0.894, −0.447):

@@ -93,16 +93,6 @@ def test_truncation_rule_ignores_the_extra_dimensions():
     assert full["new_new"]["map"] != pytest.approx(75.0, abs=1e-2)  # the third coordinate reorders
 
 
-def test_class_means_of_normalised_features_by_hand():
-    f = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]])
-    P = C.class_means(f, torch.tensor([0, 0, 1]), 2)
-    assert torch.allclose(P, torch.tensor([[0.8, 0.4], [0.0, 1.0]]))
-    with pytest.raises(ValueError, match="missing \\[2\\]"):
-        C.class_means(f, torch.tensor([0, 0, 1]), 3)
-    with pytest.raises(ValueError, match="labels"):
-        C.class_means(f, torch.tensor([0, 1]), 2)
-
-
 CE_1_0 = math.log(1 + math.exp(-1))   # CE of logits [1, 0] at class 0 = 0.313262
 CE_2_0 = math.log(1 + math.exp(-2))   # 0.126928
 

@@ -7,7 +7,7 @@ mean) or a seeded random order. Shrinking a class keeps its first m, as iCaRL an
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -104,3 +104,22 @@ class ExemplarMemory:
 
     def load_state_dict(self, state: dict) -> None:
         self.store = {int(k): list(v) for k, v in state["store"].items()}
+
+
+def class_means(features: torch.Tensor, labels: torch.Tensor, classes: Sequence[int],
+                normalize: bool = True) -> torch.Tensor:
+    """μ_c for each class in ``classes``: the mean of its feature rows, [C, D], in that order.
+
+    With ``normalize`` the rows are L2-normalised first; the means themselves are not
+    re-normalised (the nearest-mean and BCT-style prototypes of the official code do the same).
+    A class without a row is an error."""
+    if features.shape[0] != labels.shape[0]:
+        raise ValueError(f"{features.shape[0]} features but {labels.shape[0]} labels")
+    f = F.normalize(features.float(), dim=1) if normalize else features.float()
+    out = []
+    for c in classes:
+        rows = f[labels == c]
+        if len(rows) == 0:
+            raise ValueError(f"class {c} has no training features")
+        out.append(rows.mean(0))
+    return torch.stack(out)

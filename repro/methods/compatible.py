@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrizations
 
 from .. import models
-from ..incremental.memory import extract_features
+from ..incremental.memory import class_means, extract_features
 from ..incremental.stream import Stream
 from ..metrics import mean_std_text
 from ..plots.style import COLORS, annotate_setting, jsonable, new_figure
@@ -192,22 +192,6 @@ def build(cfg: CompatConfig, num_classes: int, role: str) -> EmbeddingNet:
 # the pseudo-classifier and the losses
 
 
-def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-class mean of the L2-normalised features: [N, d], [N] → [K, d] (rows not re-normalised).
-
-    Raises ValueError if a class in 0..K−1 has no sample."""
-    if features.shape[0] != labels.shape[0]:
-        raise ValueError(f"{features.shape[0]} features but {labels.shape[0]} labels")
-    f = F.normalize(features.float(), dim=1)
-    counts = torch.bincount(labels, minlength=num_classes).float()
-    if (counts[:num_classes] == 0).any() or counts.numel() > num_classes:
-        missing = torch.nonzero(counts[:num_classes] == 0).flatten().tolist()
-        raise ValueError(f"class means need a sample of each of {num_classes} classes (missing {missing}) "
-                         f"and no label ≥ {num_classes}")
-    sums = torch.zeros(num_classes, f.shape[1]).index_add_(0, labels, f)
-    return sums / counts[:, None]
-
-
 def pseudo_classifier(old: EmbeddingNet, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
                       device: torch.device | str = "cpu", mode: str = "means") -> torch.Tensor:
     """P: [K, embed_dim], the frozen old model's stand-in classifier over all K new classes.
@@ -218,7 +202,7 @@ def pseudo_classifier(old: EmbeddingNet, images: torch.Tensor, labels: torch.Ten
     the others."""
     if mode not in PSEUDO_CLASSIFIERS:
         raise ValueError(f"pseudo_classifier must be one of {PSEUDO_CLASSIFIERS}, not {mode!r}")
-    P = class_means(extract_features(old, images, device), labels.cpu(), num_classes)
+    P = class_means(extract_features(old, images, device), labels.cpu(), range(num_classes))
     if mode == "old_head":
         head = old.classifier.weight.detach().float().cpu()
         P[: head.shape[0]] = head

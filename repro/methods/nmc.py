@@ -48,7 +48,7 @@ from .. import models
 from ..data import MEAN, STD, Dataset, class_order
 from ..incremental.chapter import protocol_config, protocol_stream, run_learners
 from ..incremental.learners import FineTune, IncrementalConfig, Learner, Replay
-from ..incremental.memory import extract_features
+from ..incremental.memory import class_means, extract_features
 from ..incremental.metrics import AccuracyMatrix
 from ..incremental.stream import Stream
 from ..plots.style import annotate_setting, jsonable, new_figure
@@ -159,21 +159,6 @@ def incremental_tasks_full(p: dict[str, Any]) -> list[list[int]]:
 
 
 # -- nearest-mean classifier ----------------------------------------------------------------------
-def class_means(features: torch.Tensor, labels: torch.Tensor, classes: Sequence[int],
-                normalize: bool = True) -> torch.Tensor:
-    """μ_c for each class in ``classes``: the mean of its (L2-normalised) feature rows, [C, D].
-
-    The means are not re-normalised (the official script's choice)."""
-    f = F.normalize(features.float(), dim=1) if normalize else features.float()
-    out = []
-    for c in classes:
-        rows = f[labels == c]
-        if len(rows) == 0:
-            raise ValueError(f"class {c} has no training features")
-        out.append(rows.mean(0))
-    return torch.stack(out)
-
-
 def nmc_predict(features: torch.Tensor, means: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """Index of the nearest mean (Euclidean) for every feature row."""
     f = F.normalize(features.float(), dim=1) if normalize else features.float()
