@@ -12,7 +12,10 @@ import torch
 
 from . import models
 from .data.loader import TensorLoader
-from .records import environment, pick_device, results_dir, write_json
+from .io import write_json
+from .paths import results_dir
+from .provenance import environment
+from .run import pick_device
 from .train import TrainConfig, fit
 
 

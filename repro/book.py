@@ -17,14 +17,15 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from .tiers import ORDER
+from .io import atomic_write_text
+from .paths import book_dir, chapters_dir, results_dir
+from .records import RecordSet, audited, best_record
 from .verdicts import VERDICTS
 
 #: Tiers shown in the book, largest first: a paper's row comes from its largest one.
@@ -34,39 +35,6 @@ NPM_CACHE = ".cache-npm"
 
 
 # -- locations ---------------------------------------------------------------------------
-def _is_root(path: Path) -> bool:
-    return (path / "_config.yml").is_file() and (path / "repro").is_dir()
-
-
-def project_root() -> Path:
-    """The folder holding ``_config.yml`` and ``repro/``: searched upwards from the working
-    directory, then from this file; the working directory if neither finds one."""
-    cwd = Path.cwd().resolve()
-    for base in (cwd, *cwd.parents):
-        if _is_root(base):
-            return base
-    here = Path(__file__).resolve().parent
-    for base in (here, *here.parents):
-        if _is_root(base):
-            return base
-    return cwd
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _git_commit(root: Path) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
@@ -84,55 +52,14 @@ def _specs(specs: Sequence[Any] | None) -> list[Any]:
     return all_specs()
 
 
-def chapter_path(root: Path, name: str) -> Path:
-    """Where ``repro run`` stores the executed notebook of paper ``NN-slug``."""
-    return Path(root) / "book" / "chapters" / f"{name}.ipynb"
+def chapter_path(name: str) -> Path:
+    """Where a published executed notebook of paper ``NN-slug`` lives."""
+    return chapters_dir() / f"{name}.ipynb"
 
 
-# -- records -----------------------------------------------------------------------------
-def load_records(root: Path) -> list[dict[str, Any]]:
-    """Every run record in ``<root>/results/*.json`` (not ``bench.json``), by file name.
-
-    A file that does not parse, or is not a record, is skipped with a warning. Each record
-    gets ``_file``: its path relative to ``root``.
-    """
-    root = Path(root)
-    out = []
-    for path in sorted((root / "results").glob("*.json")):
-        if path.name == "bench.json":
-            continue
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(rec, dict) or not isinstance(rec.get("paper"), dict) or "tier" not in rec:
-                raise ValueError("not a run record (no 'paper' or 'tier')")
-            rec["paper"]["name"] = rec["paper"].get("name") or \
-                f"{int(rec['paper']['number']):02d}-{rec['paper']['slug']}"
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            warnings.warn(f"skipping {path}: {exc}", stacklevel=2)
-            continue
-        rec["_file"] = path.relative_to(root).as_posix()
-        out.append(rec)
-    return out
-
-
-def best_record(records: Iterable[dict[str, Any]], name: str,
-                include_running: bool = False) -> dict[str, Any] | None:
-    """The record of paper ``name`` (``NN-slug``) from its largest tier, paper > gpu > cpu.
-
-    Smoke records are never chosen; running (unfinished) ones only if ``include_running``.
-    Among records of the same tier the one that finished last wins.
-    """
-    best, best_key = None, None
-    for rec in records:
-        if rec.get("paper", {}).get("name") != name or rec.get("tier") not in SHOWN_TIERS:
-            continue
-        if rec.get("status", "complete") != "complete" and not include_running:
-            continue
-        key = (ORDER.index(rec["tier"]), rec.get("status", "complete") == "complete",
-               str(rec.get("finished") or ""))
-        if best_key is None or key > best_key:
-            best, best_key = rec, key
-    return best
+def shown_records(specs: Sequence[Any] | None = None) -> RecordSet:
+    """Every valid record of the results folder, audited against the published chapters."""
+    return audited(results_dir(), chapters_dir())
 
 
 # -- formatting --------------------------------------------------------------------------
@@ -209,20 +136,36 @@ def result_rows(records: list[dict[str, Any]], specs: Sequence[Any]) -> list[tup
     return rows
 
 
+UNVERIFIED = "unverified"
+
+
+def shown_verdict(rec: dict[str, Any], claim: dict[str, Any]) -> str:
+    """The claim's verdict, or "unverified" when its record fails the integrity audit."""
+    audit = rec.get("_audit")
+    if audit is not None and not audit.trusted:
+        return UNVERIFIED
+    return str(claim.get("verdict") or "—")
+
+
 # -- results page ------------------------------------------------------------------------
-def write_results(root: Path, specs: Sequence[Any] | None = None) -> Path:
-    """Write ``book/results.md`` and ``results/results.csv`` from the run records.
+def write_results(root: Path | None = None, specs: Sequence[Any] | None = None) -> Path:
+    """Write ``results.md`` (into the book folder) and ``results.csv`` (into the results
+    folder) from the published run records; both folders honour ``REPRO_BOOK`` /
+    ``REPRO_RESULTS``.
 
     One row per claim of each paper's largest-tier record (paper > gpu > cpu; smoke records
-    never appear). specs: the papers (default ``repro.papers.all_specs()``); those without
-    a shown record are listed as not yet run. Returns the Markdown file's path.
+    never appear). A record that fails its audit (``repro.records.audit``) shows
+    *unverified* instead of its verdict, with the reason; provenance warnings (a dirty tree,
+    a commit not in the history) are shown beside the verdict. Records that do not parse are
+    listed. specs: the papers (default ``repro.papers.all_specs()``). Returns the Markdown
+    file's path.
     """
-    root = Path(root)
     specs = _specs(specs)
-    records = load_records(root)
+    rs = shown_records(specs)
+    records = rs.records
     rows = result_rows(records, specs)
     shown = list({id(r): r for r, _ in rows}.values())
-    chapters = {s.name for s in specs if chapter_path(root, s.name).is_file()}
+    chapters = {s.name for s in specs if chapter_path(s.name).is_file()}
 
     md = ["# Results", "",
           "<!-- Generated by `repro results` (repro.book.write_results) from results/*.json. "
@@ -231,11 +174,14 @@ def write_results(root: Path, specs: Sequence[Any] | None = None) -> Path:
           "(paper > gpu > cpu; smoke runs only check the mechanics and are not shown). "
           "*Ours* is the mean ± standard deviation over seeds with the Student-t 95% interval; "
           "*difference* is ours − paper. The verdict follows the rule in "
-          "{doc}`the protocol <protocol>`; the same table is in `results/results.csv`.", ""]
+          "{doc}`the protocol <protocol>`; the same table is in `results/results.csv`. "
+          "Every record is checked against its executed chapter, its figures and its own numbers; "
+          f"one that fails is shown as {verdict_badge(UNVERIFIED)} with the reason.", ""]
 
-    counts = {v: 0 for v in VERDICTS}
-    for _, c in rows:
-        counts[c.get("verdict", "")] = counts.get(c.get("verdict", ""), 0) + 1
+    counts: dict[str, int] = {v: 0 for v in (*VERDICTS, UNVERIFIED)}
+    for rec, c in rows:
+        v = shown_verdict(rec, c)
+        counts[v] = counts.get(v, 0) + 1
     if rows:
         md += [f"**{len(rows)} claims from {len(shown)} papers:** " + ", ".join(
             f"{verdict_badge(v)} {n}" for v, n in counts.items() if n) + ".", ""]
@@ -248,18 +194,28 @@ def write_results(root: Path, specs: Sequence[Any] | None = None) -> Path:
             name = rec["paper"]["name"]
             paper = f"{{doc}}`{name} <chapters/{name}>`" if name in chapters else name
             claim_text = _cell(c.get("text"))
-            if c.get("reason"):
-                claim_text += f"<br><small>{_cell(c['reason'])}</small>"
+            audit = rec.get("_audit")
+            why = [c["reason"]] if c.get("reason") else []
+            if audit is not None:
+                why = (["unverified: " + "; ".join(audit.integrity)] if audit.integrity else why) + \
+                    [f"⚠ {w}" for w in audit.provenance]
+            if why:
+                claim_text += f"<br><small>{_cell(' · '.join(why))}</small>"
             diff = c.get("difference")
             md.append("| " + " | ".join([
                 paper, claim_text, f"`{_cell(c.get('metric'))}`", _cell(_paper_value(c)),
-                _ours(c).replace("|", "\\|"), _num(diff, "+.2f"), verdict_badge(c.get("verdict", "—")),
+                _ours(c).replace("|", "\\|"), _num(diff, "+.2f"), verdict_badge(shown_verdict(rec, c)),
                 _cell(rec.get("tier")), str((c.get("ours") or {}).get("n") or len(rec.get("seeds") or [])),
                 _cell(_cost(rec))]) + " |")
         md += [":::", ""]
     else:
         md += ["No finished cpu, gpu or paper run yet: run a chapter with "
                "`repro run <paper> --tier cpu`, then `repro results`.", ""]
+
+    if rs.errors:
+        md += ["## Records that could not be read", "",
+               "These files in the results folder are not valid run records and are not shown above.", ""]
+        md += [f"- {_cell(str(e))}" for e in rs.errors] + [""]
 
     missing = [s for s in specs if best_record(records, s.name) is None]
     if missing:
@@ -269,12 +225,10 @@ def write_results(root: Path, specs: Sequence[Any] | None = None) -> Path:
                "| paper | title | family | status |", "| --- | --- | --- | --- |"]
         for s in missing:
             name = f"{{doc}}`{s.name} <chapters/{s.name}>`" if s.name in chapters else s.name
-            running = [r for r in records if r["paper"]["name"] == s.name and r.get("status") == "running"]
-            status = f"running ({running[0]['tier']})" if running else "not yet run"
-            md.append(f"| {name} | {_cell(s.title)} | {_cell(s.family)} | {status} |")
+            md.append(f"| {name} | {_cell(s.title)} | {_cell(s.family)} | not yet run |")
         md.append("")
 
-    bench = _bench_table(root)
+    bench = _bench_table()
     if bench:
         md += ["## Training speed", "",
                "Measured with `repro bench` (training images per second after a warm-up; "
@@ -286,18 +240,19 @@ def write_results(root: Path, specs: Sequence[Any] | None = None) -> Path:
             env = rec.get("environment") or {}
             commit = env.get("git_commit", "unknown") + ("+dirty" if env.get("git_dirty") else "")
             device = (rec.get("cost") or {}).get("device") or env.get("device_name") or "?"
-            md.append(f"- {rec['paper']['name']}: generated from `{rec['_file']}` at commit "
+            run = f", run `{rec['run_id']}`" if rec.get("run_id") else ""
+            md.append(f"- {rec['paper']['name']}: generated from `results/{rec['_file']}`{run} at commit "
                       f"`{commit}` (repro {env.get('repro_version', '?')}, torch "
                       f"{env.get('torch', '?')}, {_cell(device)}; finished {rec.get('finished', '?')}).")
         md.append("")
 
-    out = atomic_write_text(root / "book" / "results.md", "\n".join(md))
-    _write_csv(root, rows)
+    out = atomic_write_text(book_dir() / "results.md", "\n".join(md))
+    _write_csv(rows)
     return out
 
 
-def _bench_table(root: Path) -> list[str]:
-    path = root / "results" / "bench.json"
+def _bench_table() -> list[str]:
+    path = results_dir() / "bench.json"
     if not path.is_file():
         return []
     try:
@@ -316,7 +271,7 @@ def _bench_table(root: Path) -> list[str]:
     return lines
 
 
-def _write_csv(root: Path, rows: list[tuple[dict, dict]]) -> Path:
+def _write_csv(rows: list[tuple[dict, dict]]) -> Path:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     w.writeheader()
@@ -331,12 +286,12 @@ def _write_csv(root: Path, rows: list[tuple[dict, dict]]) -> Path:
             "direction": c.get("direction", ""), "unit": c.get("unit", ""),
             "paper_value": c.get("paper_value"), "ours_mean": o.get("mean"), "ours_std": o.get("std"),
             "ours_ci_low": o.get("ci_low"), "ours_ci_high": o.get("ci_high"), "seeds_n": o.get("n"),
-            "difference": c.get("difference"), "verdict": c.get("verdict", ""),
+            "difference": c.get("difference"), "verdict": shown_verdict(rec, c),
             "reason": c.get("reason", ""), "tier": rec.get("tier", ""), "wall_s": cost.get("wall_s"),
             "images_per_s": cost.get("images_per_s"), "device": cost.get("device", ""),
-            "record": rec["_file"], "git_commit": env.get("git_commit", ""),
+            "record": f"results/{rec['_file']}", "git_commit": env.get("git_commit", ""),
         })
-    return atomic_write_text(root / "results" / "results.csv", buf.getvalue())
+    return atomic_write_text(results_dir() / "results.csv", buf.getvalue())
 
 
 # -- table of contents -------------------------------------------------------------------
@@ -347,7 +302,7 @@ def write_toc(root: Path, specs: Sequence[Any] | None = None) -> Path:
     specs = _specs(specs)
     families: dict[str, list[str]] = {}
     for s in specs:
-        if chapter_path(root, s.name).is_file():
+        if chapter_path(s.name).is_file():
             families.setdefault(s.family, []).append(s.name)
     lines = ["# Generated by repro.book.write_toc (repro book): do not edit.",
              "format: jb-book", "root: book/intro"]
@@ -423,6 +378,9 @@ def build(root: Path, builder: str = "html", specs: Sequence[Any] | None = None,
     its tail. Returns ``_build/html/index.html`` (or the builder's output folder).
     """
     root = Path(root).resolve()
+    if book_dir().resolve() != root / "book":
+        raise RuntimeError(f"the book is built from {root / 'book'}, but REPRO_BOOK/REPRO_RESULTS point "
+                           f"elsewhere ({book_dir()}); unset them to build the checkout's book")
     ensure_mathjax(root)
     write_results(root, specs)
     write_toc(root, specs)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import os
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -13,9 +14,12 @@ from typing import Any
 EPILOG = """examples:
   repro list                                   papers, their latest record and verdict
   repro show ghostbn                           claim, parameters and tier values of a paper
-  repro run ghostbn --tier cpu                 execute the chapter (papermill) at the cpu tier
-  repro run msdropout --tier cpu -p seeds "[0, 1, 2]" -p epochs 20
-  repro run --all --tier smoke                 every chapter, quickly
+  repro run ghostbn --tier cpu                 execute the chapter at the cpu tier (published: the book shows cpu)
+  repro run msdropout --tier cpu -p seeds "[0, 1, 2]" -p epochs 20     (a run folder only: overrides)
+  repro run msdropout --tier cpu --fresh       retrain everything: an independent replication
+  repro publish ~/.cache/repro/runs/35-msdropout.cpu.RUNID    publish a run folder into the book
+  repro run --all --tier smoke                 every chapter, quickly (never published)
+  repro sync msdropout                         rewrite a notebook's parameters cell from its spec
   repro results                                regenerate book/results.md and results/results.csv
   repro book                                   build the HTML book into _build/html
   repro data unpack ../shared/data             assemble the project's verified CIFAR-100 copy
@@ -34,24 +38,47 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    from .book import best_record, load_records
-    from .papers import all_specs
-    from .records import project_root
+def _fail(exc: BaseException, prefix: str = "repro") -> int:
+    """Print a user error in one paragraph and return its exit code."""
+    from .errors import ReproError
 
-    records = load_records(project_root())
+    print(f"{prefix}: {exc}", file=sys.stderr)
+    return exc.exit_code if isinstance(exc, ReproError) else 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .book import shown_records, shown_verdict
+    from .papers import all_specs
+    from .records import best_record
+
+    rs = shown_records()
     print(f"{'paper':<18} {'family':<22} {'tier':<6} verdict")
     for spec in all_specs():
-        rec = best_record(records, spec.name)
-        tier, verdict = (rec["tier"], rec["verdict"]) if rec else ("—", "not yet run")
+        rec = best_record(rs.records, spec.name)
+        if rec is None:
+            tier, verdict = "—", "not yet run"
+        else:
+            tier = rec["tier"]
+            verdict = shown_verdict(rec, rec["claims"][0]) if rec["claims"] else "no claims"
+            audit = rec["_audit"]
+            if audit.integrity:
+                verdict += f" ({'; '.join(audit.integrity)})"
+            elif audit.provenance:
+                verdict += f" (⚠ {'; '.join(audit.provenance)})"
         print(f"{spec.name:<18} {spec.family:<22} {tier:<6} {verdict}")
-    return 0
+    for err in rs.errors:
+        print(f"repro list: {err}", file=sys.stderr)
+    return 1 if rs.errors else 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from .errors import ParameterError
     from .papers import load_spec
 
-    spec = load_spec(args.slug)
+    try:
+        spec = load_spec(args.slug)
+    except ParameterError as exc:
+        return _fail(exc, "repro show")
     i = spec.info
     print(f"{spec.name}: {spec.title}")
     print(f"  {i.get('authors', '')} ({i.get('venue', '')} {i.get('year', '')}), arXiv {i.get('arxiv', '—')}, "
@@ -60,6 +87,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     for c in spec.claims:
         pv = "unknown" if c.paper_value is None else f"{c.paper_value:g} {c.unit}"
         print(f"  - [{c.id}] {c.text} (metric {c.metric}, {c.kind}, paper {pv}, {c.source})")
+    if spec.modules:
+        print("\nImplemented in: " + ", ".join(spec.modules))
     print("\nParameters (paper-tier defaults):")
     print(spec.help_text())
     for t, over in spec.tiers.items():
@@ -67,91 +96,211 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_notebook(name: str, tier: str, overrides: dict[str, Any], output: Path | None = None,
-                 progress: bool = True) -> Path:
-    """Execute ``notebooks/NAME.ipynb`` with papermill; returns the executed copy's path.
+class _KernelInterrupter:
+    """While a chapter executes, Ctrl-C (SIGINT) or SIGTERM to ``repro run`` is passed on to
+    the notebook's kernel as SIGINT: the kernel raises KeyboardInterrupt in the running cell,
+    the trainer saves a checkpoint at the batch it was in, and papermill reports the
+    interrupt. (The kernel runs in its own session, so a terminal's Ctrl-C never reaches it
+    directly.) A second signal stops ``repro run`` at once."""
 
-    Parameters are validated first (unknown or ill-typed → ParameterError, nothing runs).
-    The executed copy goes to ``book/chapters/NAME.ipynb`` unless ``output`` is given;
-    it is written to a temporary file and moved into place only if execution succeeded.
-    """
+    def __init__(self) -> None:
+        self.count = 0
+
+    def _kernels(self) -> list[int]:
+        try:
+            import psutil
+        except ImportError:  # pragma: no cover - ipykernel depends on psutil
+            return []
+        return [c.pid for c in psutil.Process().children(recursive=True)]
+
+    def handler(self, signum, frame) -> None:
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
+        print("\ninterrupting: saving a checkpoint…", file=sys.stderr)
+        for pid in self._kernels():
+            try:
+                os.kill(pid, signal.SIGINT)
+            except OSError:
+                pass
+
+    def __enter__(self) -> "_KernelInterrupter":
+        self.old = {s: signal.signal(s, self.handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
+def execute(name: str, tier: str, overrides: dict[str, Any], folder: Path, run_id: str,
+            progress: bool = True) -> Path:
+    """Execute ``notebooks/NAME.ipynb`` with papermill into the run folder; returns the
+    executed copy (``folder/NAME.ipynb``, stamped with the run id). On failure the partly
+    executed copy is kept as ``folder/NAME.failed.ipynb`` and papermill's error propagates."""
     import papermill as pm
 
     from .papers import load_spec
-    from .records import project_root, results_dir
+    from .paths import project_root
+    from .publish import stamp_notebook
+    from .run import RUN_DIR_ENV, RUN_ID_ENV
 
     spec = load_spec(name)
-    spec.resolve(tier, overrides)
-    root = project_root()
-    src = root / "notebooks" / f"{spec.name}.ipynb"
+    src = project_root() / "notebooks" / f"{spec.name}.ipynb"
     if not src.is_file():
         raise FileNotFoundError(f"no notebook {src}")
-    from .train import dry_run
-
-    # A dry run's executed copy must not replace the book's chapter.
-    default_dir = results_dir() / "dry-run" if dry_run() else root / "book" / "chapters"
-    out = Path(output) if output else default_dir / f"{spec.name}.ipynb"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.running.ipynb")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{spec.name}.ipynb"
+    tmp = folder / f".{spec.name}.running.ipynb"
+    os.environ[RUN_ID_ENV], os.environ[RUN_DIR_ENV] = run_id, str(folder)  # inherited by the kernel
     try:
-        pm.execute_notebook(str(src), str(tmp), parameters={"tier": tier, **overrides},
-                            cwd=str(src.parent), progress_bar=progress, kernel_name="python3")
+        with _KernelInterrupter():
+            pm.execute_notebook(str(src), str(tmp), parameters={"tier": tier, **overrides},
+                                cwd=str(src.parent), progress_bar=progress, kernel_name="python3")
+        stamp_notebook(tmp, run_id, tier, overrides)
         os.replace(tmp, out)
     except BaseException:
-        failed = out.with_name(f"{out.stem}.failed.ipynb")
         if tmp.exists():
-            os.replace(tmp, failed)
-            print(f"execution failed; the partly executed copy is {failed}", file=sys.stderr)
+            os.replace(tmp, folder / f"{spec.name}.failed.ipynb")
         raise
+    finally:
+        os.environ.pop(RUN_ID_ENV, None)
+        os.environ.pop(RUN_DIR_ENV, None)
     return out
 
 
+def _notebook_error(exc: BaseException) -> tuple[int, str]:
+    """(exit code, one message) for an exception that ended a chapter."""
+    from .errors import EXIT_CODES, INTERRUPTED_EXIT, ReproError
+
+    if isinstance(exc, KeyboardInterrupt):
+        return INTERRUPTED_EXIT, "interrupted; re-run the same command to resume"
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename is not None:  # papermill: the notebook's own exception
+        code = EXIT_CODES.get(ename, 1)
+        if code == INTERRUPTED_EXIT:
+            return code, "interrupted; re-run the same command to resume"
+        return code, f"{ename}: {evalue}".rstrip(": ")
+    if isinstance(exc, ReproError):
+        return exc.exit_code, f"{type(exc).__name__}: {exc}"
+    return 1, f"{type(exc).__name__}: {exc}"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .papers import ParameterError, all_specs
-    from .train import DRY_RUN_ENV
+    from .errors import ParameterError
+    from .papers import all_specs, load_spec
+    from .run import new_run_id, run_folder
+    from .train import DRY_RUN_ENV, FRESH_ENV, dry_run
 
-    if args.dry_run:  # inherited by the papermill kernel
-        os.environ[DRY_RUN_ENV] = "1"
-
-    overrides = {k: _parse_value(v) for k, v in (args.param or [])}
-    names = [s.name for s in all_specs()] if args.all else [args.slug]
     if not args.all and not args.slug:
         print("repro run: name a paper (repro list) or pass --all", file=sys.stderr)
         return 2
-    failed = []
+    if args.all and args.output:
+        print("repro run: --output names one notebook; it cannot go with --all", file=sys.stderr)
+        return 2
+    # Everything about the input is checked before papermill or torch is imported.
+    overrides = {k: _parse_value(v) for k, v in (args.param or [])}
+    if "tier" in overrides:
+        if overrides.pop("tier") != args.tier:
+            print(f"repro run: -p tier conflicts with --tier {args.tier}; give the tier once, with --tier",
+                  file=sys.stderr)
+            return 2
+    try:
+        names = [s.name for s in all_specs()] if args.all else [load_spec(args.slug).name]
+        for name in names:
+            load_spec(name).resolve(args.tier, overrides)
+    except ParameterError as exc:
+        return _fail(exc, "repro run")
+    if args.dry_run:  # inherited by the papermill kernel
+        os.environ[DRY_RUN_ENV] = "1"
+    if args.fresh:
+        os.environ[FRESH_ENV] = "1"
+    from .publish import publish, should_publish
+
+    try:
+        for name in names:
+            should_publish(args.tier, overrides, dry_run(), args.publish, name)
+    except ParameterError as exc:
+        return _fail(exc, "repro run")
+
+    worst = 0
     for name in names:
         t0 = time.time()
+        run_id = new_run_id()
+        folder = run_folder(name, args.tier, run_id)
         try:
-            out = run_notebook(name, args.tier, overrides, Path(args.output) if args.output and not args.all else None)
-        except ParameterError as exc:
-            print(f"repro run: {exc}", file=sys.stderr)
-            return 2
-        except Exception as exc:  # keep going with --all, report at the end
-            print(f"{name}: FAILED ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
-                  file=sys.stderr)
-            failed.append(name)
+            out = execute(name, args.tier, overrides, folder, run_id)
+        except BaseException as exc:  # noqa: BLE001 - every failure is reported the same way
+            code, msg = _notebook_error(exc)
+            print(f"{name}: {msg}", file=sys.stderr)
+            if code != 130:
+                print(f"{name}: the partly executed notebook is {folder / (name + '.failed.ipynb')}",
+                      file=sys.stderr)
+            if code == 130:
+                return code
+            worst = max(worst, code)
             continue
-        print(f"{name}: tier {args.tier} done in {time.time() - t0:.0f} s → {out}")
-    if failed:
-        print(f"failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
+        if args.output:
+            shutil.copyfile(out, args.output)
+        ok, why = should_publish(args.tier, overrides, dry_run(), args.publish, name)
+        where = f"run folder {folder}"
+        if ok:
+            try:
+                dest = publish(folder)
+            except Exception as exc:  # noqa: BLE001
+                print(f"{name}: not published: {exc}", file=sys.stderr)
+                worst = max(worst, 1)
+                continue
+            where += f"; published ({why}) → {dest['record']}, {dest['notebook']}"
+        else:
+            where += f"; not published: {why}"
+        print(f"{name}: tier {args.tier} done in {time.time() - t0:.0f} s · {where}")
+    return worst
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .errors import RecordError
+    from .publish import publish
+
+    try:
+        dest = publish(Path(args.folder))
+    except RecordError as exc:
+        return _fail(exc, "repro publish")
+    print(f"published → {dest['record']}, {dest['figures']}, {dest['notebook']}")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from .errors import ParameterError
+    from .notebooks import sync_parameters
+
+    try:
+        changed = sync_parameters(args.slug)
+    except ParameterError as exc:
+        return _fail(exc, "repro sync")
+    print(("rewrote the parameters cell of " if changed else "already in step: ") + str(changed or args.slug))
     return 0
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from .book import write_results
-    from .records import project_root
+    from .book import shown_records, write_results
 
-    print(write_results(project_root()))
-    return 0
+    print(write_results())
+    errors = shown_records().errors
+    for err in errors:
+        print(f"repro results: {err}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def cmd_book(args: argparse.Namespace) -> int:
     from .book import build, check_html
-    from .records import project_root
+    from .paths import project_root
 
     root = project_root()
-    index = build(root)
+    try:
+        index = build(root)
+    except RuntimeError as exc:
+        return _fail(exc, "repro book")
     problems = check_html(root)
     for p in problems:
         print(f"problem: {p}", file=sys.stderr)
@@ -179,8 +328,7 @@ def cmd_data(args: argparse.Namespace) -> int:
             data.unpack_parts(Path(args.source), root)
             print(f"CIFAR-100 ready in {root}")
     except data.DataError as exc:
-        print(f"repro data: {exc}", file=sys.stderr)
-        return 1
+        return _fail(exc, "repro data")
     return 0
 
 
@@ -217,18 +365,36 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="a paper's claims, parameters and tier values")
     s.add_argument("slug", help="paper slug or NN-slug, e.g. ghostbn")
     s.set_defaults(func=cmd_show)
-    s = sub.add_parser("run", help="execute a chapter with papermill (record → results/, copy → book/chapters/)")
+    s = sub.add_parser("run", help="execute a chapter in its own run folder; publish it into the book when it "
+                       "is a complete run at the tier the book shows",
+                       description="Execute a chapter with papermill. Every run writes its executed notebook, "
+                       "figures and record into its own run folder ($REPRO_RUNS, default ~/.cache/repro/runs). "
+                       "A complete run at the tier the book shows for that chapter, without -p overrides, is then "
+                       "published: record, figures and chapter replace the book's together. Smoke runs, dry runs "
+                       "and runs with overrides never touch the book unless --publish is given (never for smoke). "
+                       "Exit codes: 0 done, 1 failed, 2 bad input, 3 data missing or corrupt, 130 interrupted "
+                       "(re-run the same command to resume from the last checkpoint).")
     s.add_argument("slug", nargs="?", help="paper slug (omit with --all)")
     s.add_argument("--tier", required=True, choices=["smoke", "cpu", "gpu", "paper"],
                    help="smoke: seconds (CI) · cpu: ≤ 5 min on 2 cores · gpu: ≤ 10 min on one H100 · paper: full schedule")
     s.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="override a parameter (a Python literal); repeat for several")
     s.add_argument("--all", action="store_true", help="run every chapter")
-    s.add_argument("--output", help="where to write the executed notebook (default book/chapters/NN-slug.ipynb)")
+    s.add_argument("--publish", action="store_true",
+                   help="publish the finished run into the book even with overrides or at another tier")
+    s.add_argument("--fresh", action="store_true",
+                   help="ignore earlier checkpoints and cached teachers: retrain everything (an independent replication)")
+    s.add_argument("--output", help="also copy the executed notebook here")
     s.add_argument("--dry-run", action="store_true",
-                   help="one training step per fit and one batch per evaluation, nothing stored in the book: "
+                   help="one training step per fit and one batch per evaluation, never published: "
                         "checks that a tier's code path runs (e.g. --tier gpu on a CPU)")
     s.set_defaults(func=cmd_run)
+    s = sub.add_parser("publish", help="publish a finished run folder into the book (record, figures, chapter together)")
+    s.add_argument("folder", help="the run folder repro run printed")
+    s.set_defaults(func=cmd_publish)
+    s = sub.add_parser("sync", help="rewrite a chapter notebook's parameters cell from its spec")
+    s.add_argument("slug", help="paper slug or NN-slug")
+    s.set_defaults(func=cmd_sync)
     s = sub.add_parser("results", help="regenerate book/results.md and results/results.csv from the records")
     s.set_defaults(func=cmd_results)
     s = sub.add_parser("book", help="build the HTML book from the stored executed chapters (never trains)")

@@ -30,10 +30,11 @@ import torch
 import torch.nn as nn
 
 from . import __version__, models
-from .records import atomic_write_text, project_root, seed_everything
-from .train import TrainConfig, _save, dry_run, evaluate, fit
+from .io import atomic_write_text, save_torch
+from .paths import TEACHERS_ENV, project_root, teachers_dir
+from .run import seed_everything
+from .train import TrainConfig, dry_run, evaluate, fit, fresh
 
-TEACHERS_ENV = "REPRO_TEACHERS"
 COMMIT_LIMIT_BYTES = 5 * 1024 * 1024
 
 
@@ -93,10 +94,7 @@ class Teacher:
 
 def cache_dir() -> Path:
     """``$REPRO_TEACHERS`` if set, else ``~/.cache/repro/teachers``."""
-    env = os.environ.get(TEACHERS_ENV)
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "repro" / "teachers"
+    return teachers_dir()
 
 
 def committed_dir() -> Path:
@@ -149,6 +147,7 @@ def get(spec: TeacherSpec, data, device: torch.device | str = "cpu", rebuild: bo
     if data.num_classes != spec.classes:
         raise ValueError(f"teacher spec wants {spec.classes} classes but the data has {data.num_classes}")
     key = spec.key(data.checksum)
+    rebuild = rebuild or fresh()  # repro run --fresh: an independent replication retrains its teacher too
     folder = None if rebuild else find(spec, data.checksum)
     if folder is not None:
         return _load(folder, spec, key, data.num_classes, device)
@@ -175,7 +174,7 @@ def _train(spec: TeacherSpec, key: str, data, device: torch.device, rebuild: boo
         shutil.rmtree(work, ignore_errors=True)
         return Teacher(model.eval(), spec, key, info, None, built_now=True)
     work.mkdir(parents=True, exist_ok=True)
-    _save(work / "weights.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    save_torch(work / "weights.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
     atomic_write_text(work / "teacher.json", json.dumps(info, indent=1, default=str))
     shutil.rmtree(work / "ckpt", ignore_errors=True)
     if target.exists() and rebuild:

@@ -1,23 +1,29 @@
 """The trainer: one loop for every chapter, resumable, with per-epoch history.
 
 ``fit(model, train, test, TrainConfig(...), checkpoint_dir=...)`` trains for ``epochs``
-epochs (or a batch plan's budget), evaluating after each epoch. A checkpoint is written at
-the end of an epoch when ``checkpoint_every_s`` seconds have passed since the last one and
-at the end of training, atomically; calling ``fit`` again with the same folder resumes
-from it (a finished job returns at once: "load or train"). Data order and augmentation
-depend only on (seed, epoch) and the RNG state is saved, so a resumed run on the same
-device follows the uninterrupted one exactly.
+epochs (or a batch plan's budget), evaluating after each epoch. A checkpoint is written
+atomically at the end of every epoch (or every ``checkpoint_every_s`` seconds, for epochs
+so short that saving each one would cost more than it saves) and at the end of training.
+Ctrl-C or SIGTERM saves one at the exact batch the run was in, then stops. Calling ``fit``
+again with the same folder resumes from it (a finished job returns at once: "load or
+train"). Data order and augmentation depend only on (seed, epoch) and the RNG states are
+saved, so a resumed run on the same device follows the uninterrupted one exactly.
 
-On CUDA the loop uses bf16 autocast and channels_last; on CPU it stays fp32/NCHW, which
-is faster on the project's CPUs.
+``fit`` reports its cost (training seconds and images) in the ``FitResult`` it returns and
+adds it to :data:`COST`, which a run reads for its record: nothing here knows about runs.
+
+On CUDA the loop uses bf16 autocast and channels_last; on CPU it stays fp32/NCHW unless the
+config asks for bf16 on the CPU (``cpu_bf16``).
 """
 from __future__ import annotations
 
 import copy
 import math
 import os
-import tempfile
+import signal
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,8 +34,31 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data.loader import TensorLoader
+from .errors import Interrupted
+from .io import save_torch
 
 DRY_RUN_ENV = "REPRO_DRY_RUN"
+FRESH_ENV = "REPRO_FRESH"
+
+
+@dataclass
+class CostMeter:
+    """Training seconds and images, summed over every ``fit`` of the process (a run reads the
+    difference between its start and its end)."""
+
+    train_s: float = 0.0
+    train_images: int = 0
+
+    def add(self, seconds: float, images: int) -> None:
+        self.train_s += float(seconds)
+        self.train_images += int(images)
+
+
+#: Every ``fit`` adds the cost of producing its model here (resumed work included).
+COST = CostMeter()
+#: Work done in this process: optimizer steps and evaluated batches. A dry-run test counts
+#: these instead of timing a run.
+WORK: Counter[str] = Counter()
 
 
 def dry_run() -> bool:
@@ -37,6 +66,12 @@ def dry_run() -> bool:
     evaluation one batch, with no checkpoints — a check that a tier's code path runs at all
     (e.g. the gpu tier on a CPU), never a result."""
     return os.environ.get(DRY_RUN_ENV, "") not in ("", "0")
+
+
+def fresh() -> bool:
+    """True when ``REPRO_FRESH`` is set (``repro run --fresh``): runs ignore the checkpoints of
+    earlier runs and retrain everything (an independent replication)."""
+    return os.environ.get(FRESH_ENV, "") not in ("", "0")
 
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -62,7 +97,7 @@ class TrainConfig:
     bf16: bool = True                 # CUDA only
     channels_last: bool = True        # CUDA only
     eval_every: int = 1
-    checkpoint_every_s: float = 120.0
+    checkpoint_every_s: float = 0.0   # 0: a checkpoint after every epoch
     progress: bool = True
     desc: str = ""
 
@@ -184,6 +219,7 @@ def predict(model: nn.Module, loader: TensorLoader, bf16: bool = True) -> tuple[
             out = model(x)
         outs.append(out.float().cpu())
         ys.append(y.cpu())
+        WORK["eval_batches"] += 1
         if dry:
             break
     model.train(was)
@@ -196,16 +232,24 @@ def evaluate(model: nn.Module, loader: TensorLoader, bf16: bool = True) -> dict[
     return {"loss": F.cross_entropy(logits, y).item(), "acc": (logits.argmax(1) == y).float().mean().item() * 100}
 
 
-def _save(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ckpt.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+class _SigtermAsInterrupt:
+    """While active (main thread only), SIGTERM raises :class:`repro.errors.Interrupted`, so a
+    job stopped by a scheduler saves its checkpoint exactly as Ctrl-C does."""
+
+    def __enter__(self) -> "_SigtermAsInterrupt":
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            def handler(signum, frame):
+                raise Interrupted("SIGTERM")
+            try:
+                self.old = signal.signal(signal.SIGTERM, handler)
+            except ValueError:  # not the main interpreter
+                self.old = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
 
 
 def fit(
@@ -247,6 +291,7 @@ def fit(
     # A dry run must neither resume from nor leave behind checkpoints a real run would trust.
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir and not dry else None
 
+    partial: dict[str, Any] | None = None  # where an interrupted epoch stopped
     if ckpt is not None and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
@@ -262,18 +307,19 @@ def fit(
             torch.cuda.set_rng_state(state["rng_cuda"])
         history, step, start_epoch = state["history"], state["step"], state["epoch"]
         train_s, images = state["train_s"], state["images"]
+        partial = state.get("partial")
         resumed = start_epoch
 
-    def checkpoint(epoch: int) -> None:
+    def checkpoint(epoch: int, part: dict[str, Any] | None = None) -> None:
         if ckpt is None:
             return
-        _save(ckpt, {
+        save_torch(ckpt, {
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "plan": plan.state_dict(),
             "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in callbacks],
             "rng_cpu": torch.get_rng_state(), "rng_cuda": torch.cuda.get_rng_state() if cuda else None,
             "history": history, "step": step, "epoch": epoch, "train_s": train_s, "images": images,
-            "config": asdict(cfg),
+            "partial": part, "config": asdict(cfg),
         })
 
     from tqdm.auto import tqdm
@@ -282,75 +328,93 @@ def fit(
     bar = tqdm(range(start_epoch, end_epoch), desc=cfg.desc or "train", unit="ep",
                disable=not cfg.progress, initial=start_epoch, total=cfg.epochs, leave=False)
     last_ckpt = time.time()
-    for epoch in bar:
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        seen = 0
-        train.set_epoch(epoch)
-        batches = plan.epoch_batches(train, epoch)
-        gen = train._generator(2)  # this epoch's augmentation stream
-        for batch_id, idx in batches:
-            x, y = train.fetch(idx, gen)
-            if cuda and cfg.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            f = lr_factor(cfg, step, total, spe)
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * f
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.bf16):
-                loss, logits = loss_fn(model, x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            if ema is not None:
-                with torch.no_grad():
-                    for pe, pm in zip(ema.state_dict().values(), model.state_dict().values()):
-                        if pe.dtype.is_floating_point:
-                            pe.lerp_(pm, 1 - cfg.ema_decay)
-                        else:
-                            pe.copy_(pm)
-            step += 1
-            n = len(y)
-            seen += n
-            ld = loss.detach()
-            loss_sum += ld * n
-            if logits is not None and logits.dim() == 2 and logits.shape[0] == n:
-                correct += (logits.detach().argmax(1) == y).sum()
-            if callbacks or not isinstance(plan, AllBatches):
-                lv = ld.item()
-                plan.observe(batch_id, lv)
-                for cb in callbacks:
-                    cb.on_step(StepInfo(model=model, step=step, epoch=epoch, loss=lv))
-            if dry:
-                break
-        if cuda:
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        train_s += dt
-        images += seen
-        row = {"epoch": epoch + 1, "step": step, "lr": cfg.lr * lr_factor(cfg, max(step - 1, 0), total, spe),
-               "train_loss": (loss_sum / max(seen, 1)).item(), "train_acc": (correct / max(seen, 1)).item() * 100,
-               "images_per_s": seen / dt if dt > 0 else float("nan"), "epoch_s": dt}
-        if test is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 in (cfg.epochs, end_epoch)):
-            ev = evaluate(ema if ema is not None else model, test, cfg.bf16)
-            row.update(test_loss=ev["loss"], test_acc=ev["acc"])
-        if extra_eval is not None:
-            row.update(extra_eval(model))
-        history.append(row)
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row.get('test_acc', float('nan')):.1f}",
-                        ips=f"{row['images_per_s']:.0f}")
-        if epoch + 1 == cfg.epochs or time.time() - last_ckpt >= cfg.checkpoint_every_s:
-            checkpoint(epoch + 1)
-            last_ckpt = time.time()
+    with _SigtermAsInterrupt():
+        for epoch in bar:
+            model.train()
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device)
+            seen, done_in_epoch, spent = 0, 0, 0.0
+            train.set_epoch(epoch)
+            batches = plan.epoch_batches(train, epoch)
+            gen = train._generator(2)  # this epoch's augmentation stream
+            if partial is not None and partial["epoch"] == epoch:
+                # Resume inside the epoch: skip the batches already trained, restore the sums.
+                done_in_epoch, seen, spent = partial["pos"], partial["seen"], partial["seconds"]
+                loss_sum += partial["loss_sum"]
+                correct += partial["correct"]
+                gen.set_state(partial["gen_state"])
+            skip = done_in_epoch
+            try:
+                for batch_id, idx in batches:
+                    if skip:
+                        skip -= 1
+                        continue
+                    x, y = train.fetch(idx, gen)
+                    if cuda and cfg.channels_last and x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    f = lr_factor(cfg, step, total, spe)
+                    for g in opt.param_groups:
+                        g["lr"] = cfg.lr * f
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.bf16):
+                        loss, logits = loss_fn(model, x, y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip:
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                    if ema is not None:
+                        with torch.no_grad():
+                            for pe, pm in zip(ema.state_dict().values(), model.state_dict().values()):
+                                if pe.dtype.is_floating_point:
+                                    pe.lerp_(pm, 1 - cfg.ema_decay)
+                                else:
+                                    pe.copy_(pm)
+                    step += 1
+                    WORK["train_steps"] += 1
+                    n = len(y)
+                    seen += n
+                    ld = loss.detach()
+                    loss_sum += ld * n
+                    if logits is not None and logits.dim() == 2 and logits.shape[0] == n:
+                        correct += (logits.detach().argmax(1) == y).sum()
+                    done_in_epoch += 1  # the batch is trained: an interrupt from here on keeps it
+                    if callbacks or not isinstance(plan, AllBatches):
+                        lv = ld.item()
+                        plan.observe(batch_id, lv)
+                        for cb in callbacks:
+                            cb.on_step(StepInfo(model=model, step=step, epoch=epoch, loss=lv))
+                    if dry:
+                        break
+            except KeyboardInterrupt:
+                # Ctrl-C or SIGTERM: keep every finished batch, then let the interrupt go on.
+                if not dry and done_in_epoch:
+                    dt = time.perf_counter() - t0
+                    checkpoint(epoch, {"epoch": epoch, "pos": done_in_epoch, "seen": seen,
+                                       "seconds": spent + dt, "loss_sum": loss_sum.detach().cpu(),
+                                       "correct": correct.detach().cpu(), "gen_state": gen.get_state()})
+                raise
+            partial = None
+            if cuda:
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0 + spent
+            train_s += dt
+            images += seen
+            row = {"epoch": epoch + 1, "step": step, "lr": cfg.lr * lr_factor(cfg, max(step - 1, 0), total, spe),
+                   "train_loss": (loss_sum / max(seen, 1)).item(), "train_acc": (correct / max(seen, 1)).item() * 100,
+                   "images_per_s": seen / dt if dt > 0 else float("nan"), "epoch_s": dt}
+            if test is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 in (cfg.epochs, end_epoch)):
+                ev = evaluate(ema if ema is not None else model, test, cfg.bf16)
+                row.update(test_loss=ev["loss"], test_acc=ev["acc"])
+            if extra_eval is not None:
+                row.update(extra_eval(model))
+            history.append(row)
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row.get('test_acc', float('nan')):.1f}",
+                            ips=f"{row['images_per_s']:.0f}")
+            if epoch + 1 == cfg.epochs or time.time() - last_ckpt >= cfg.checkpoint_every_s:
+                checkpoint(epoch + 1)
+                last_ckpt = time.time()
     bar.close()
-    from .records import current_run
-
-    run = current_run()
-    if run is not None:  # the full cost of producing this model, resumed or not
-        run.add_training(images, train_s)
+    COST.add(train_s, images)  # the full cost of producing this model, resumed or not
     return FitResult(model=model, history=history, steps=step, train_seconds=train_s, train_images=images,
                      resumed_from_epoch=resumed, ema_model=ema)
-

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from repro import book, verdicts
+from repro import book, records, verdicts
+from repro.errors import RecordError
 from repro.papers import Claim, PaperSpec
 from repro.tiers import TIERS
 
@@ -36,8 +37,9 @@ def fake_spec(number: int, slug: str, family: str = "distillation") -> PaperSpec
                      params={}, tiers={}, claims=claims)
 
 
-def fake_record(spec: PaperSpec, tier: str, delta: list[float], status: str = "complete") -> dict:
-    """A record shaped like ``repro.records.Run.finish`` writes, judged by the real rule."""
+def fake_record(spec: PaperSpec, tier: str, delta: list[float], status: str = "complete",
+                run_id: str | None = None) -> dict:
+    """A record shaped like ``repro.run.Run.finish`` writes (schema 2), judged by the real rule."""
     from repro.metrics import mean_ci
 
     top1 = [60.0 + i for i in range(len(delta))]
@@ -47,15 +49,17 @@ def fake_record(spec: PaperSpec, tier: str, delta: list[float], status: str = "c
     claims = []
     for c in spec.claims:
         ours = {k: metrics[c.metric][k] for k in ("mean", "std", "ci_low", "ci_high", "n")}
-        v, reason = verdicts.judge(c, ours, tier)
+        v, reason = verdicts.judge(c, ours, tier) if status == "complete" else (None, "dry run")
         claims.append({**c.__dict__, "ours": ours, "difference": ours["mean"] - c.paper_value,
                        "verdict": v, "reason": reason})
     return {
-        "schema": 1,
+        "schema": 2, "run_id": run_id or f"run-{spec.slug}-{tier}",
         "paper": {"number": spec.number, "slug": spec.slug, "name": spec.name, "title": spec.title,
                   "family": spec.family},
-        "tier": tier, "status": status, "params": {"tier": tier}, "seeds": list(range(len(delta))),
-        "metrics": metrics, "claims": claims, "verdict": verdicts.overall([c["verdict"] for c in claims]),
+        "tier": tier, "status": status, "params": {"tier": tier}, "overrides": {},
+        "seeds": list(range(len(delta))), "metrics": metrics, "rows": [], "claims": claims,
+        "verdict": verdicts.overall([c["verdict"] for c in claims]) if status == "complete" else None,
+        "figures": {},
         "cost": {"wall_s": 123.4, "train_s": 100.0, "train_images": 400000, "images_per_s": 4000.0,
                  "peak_mem_mb": 900.0, "device": "CPU x86_64 (2 threads)"},
         "environment": {"python": "3.11", "torch": "2.14.1", "cuda": None, "device_name": "CPU",
@@ -72,48 +76,91 @@ def write_record(root: Path, rec: dict) -> Path:
     return path
 
 
-def fake_chapter(root: Path, name: str) -> Path:
-    path = book.chapter_path(root, name)
+def fake_chapter(root: Path, name: str, run_id: str | None = None, tier: str = "cpu") -> Path:
+    path = root / "book" / "chapters" / f"{name}.ipynb"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    meta = {"repro": {"run_id": run_id, "tier": tier}} if run_id else {}
+    path.write_text(json.dumps({"cells": [], "metadata": meta, "nbformat": 4, "nbformat_minor": 5}))
     return path
 
 
 @pytest.fixture
-def project(tmp_path: Path):
-    """A project folder with three fake papers: A has cpu + smoke records and a chapter,
-    B only a smoke record, C nothing but a chapter."""
+def project(tmp_path: Path, monkeypatch):
+    """A project folder with three fake papers: A has cpu + smoke records and a chapter from
+    its cpu run, B only a smoke record, C nothing but a chapter. REPRO_RESULTS and REPRO_BOOK
+    point into it."""
+    monkeypatch.setenv("REPRO_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("REPRO_BOOK", str(tmp_path / "book"))
     specs = [fake_spec(1, "alpha"), fake_spec(2, "beta", "robustness"), fake_spec(3, "gamma")]
-    write_record(tmp_path, fake_record(specs[0], "cpu", [0.8, 1.1, 0.9]))
+    cpu = fake_record(specs[0], "cpu", [0.8, 1.1, 0.9])
+    write_record(tmp_path, cpu)
     write_record(tmp_path, fake_record(specs[0], "smoke", [-5.0, -6.0]))
     write_record(tmp_path, fake_record(specs[1], "smoke", [2.0, 2.5]))
-    fake_chapter(tmp_path, specs[0].name)
+    fake_chapter(tmp_path, specs[0].name, cpu["run_id"])
     fake_chapter(tmp_path, specs[2].name)
     return tmp_path, specs
 
 
 # -- records -----------------------------------------------------------------------------
-def test_load_records_skips_bench_and_broken_files(project):
+def test_load_records_reports_broken_files_by_name(project):
     root, specs = project
-    (root / "results" / "bench.json").write_text(json.dumps({"runs": []}))
-    (root / "results" / "broken.json").write_text("{ not json")
-    (root / "results" / "other.json").write_text(json.dumps({"hello": 1}))
-    with pytest.warns(UserWarning, match="skipping"):
-        recs = book.load_records(root)
-    assert sorted((r["paper"]["name"], r["tier"]) for r in recs) == [
+    (root / "results" / "bench.json").write_text(json.dumps({"runs": []}))      # not a record name
+    (root / "results" / "09-broken.cpu.json").write_text('{"schema": 2, "paper": {"numb')   # truncated
+    rs = records.load_records(root / "results")
+    assert sorted((r["paper"]["name"], r["tier"]) for r in rs.records) == [
         ("01-alpha", "cpu"), ("01-alpha", "smoke"), ("02-beta", "smoke")]
-    assert all(r["_file"].startswith("results/") for r in recs)
+    assert all(r["_file"].endswith(".json") for r in rs.records)
+    [err] = rs.errors
+    assert "09-broken.cpu.json" in str(err) and "not valid JSON" in str(err)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.pop("verdict"), "lacks 'verdict'"),
+    (lambda r: r.update(schema=99), "unknown schema 99"),
+    (lambda r: r.update(status="dry-run"), "dry-run record carries a verdict"),
+    (lambda r: r["claims"][0].pop("metric"), "lacks 'metric'"),
+    (lambda r: r.update(seeds="0,1"), "'seeds' is a str, expected list"),
+])
+def test_invalid_records_are_refused_with_the_file_name(tmp_path, change, message):
+    rec = fake_record(fake_spec(1, "alpha"), "cpu", [1.0, 2.0])
+    change(rec)
+    path = write_record(tmp_path, rec)
+    with pytest.raises(RecordError, match=re.escape(message)) as err:
+        records.read_record(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_record_with_made_up_claims_is_unverified(project):
+    root, specs = project
+    forged = fake_record(specs[0], "paper", [0.1, 0.2, 0.3], run_id="forged")
+    forged["claims"][1]["verdict"] = "reproduced"          # an absolute claim the numbers don't support
+    write_record(root, forged)
+    rs = records.audited(root / "results", root / "book" / "chapters")
+    rec = records.best_record(rs.records, "01-alpha")
+    assert rec["tier"] == "paper"
+    problems = " ".join(rec["_audit"].integrity)
+    assert "comes from run" in problems                       # the chapter is another run's
+    assert "verdict 'reproduced' does not follow" in problems
+    md = book.write_results(None, specs).read_text()
+    assert md.count("verdict-unverified") >= 3 and "verdict-reproduced\">reproduced" not in md
+
+
+def test_record_from_an_unknown_commit_is_flagged(project):
+    root, specs = project
+    rs = records.audited(root / "results", root / "book" / "chapters")
+    rec = records.best_record(rs.records, "01-alpha")
+    assert rec["_audit"].trusted
+    assert "commit abcdef123456 is not in this repository's history" in rec["_audit"].provenance
 
 
 def test_best_record_prefers_the_largest_tier_and_never_smoke(project):
     root, specs = project
     write_record(root, fake_record(specs[0], "gpu", [1.0, 1.2]))
-    write_record(root, fake_record(specs[0], "paper", [1.4], status="running"))
-    recs = book.load_records(root)
-    assert book.best_record(recs, "01-alpha")["tier"] == "gpu"
-    assert book.best_record(recs, "01-alpha", include_running=True)["tier"] == "paper"
-    assert book.best_record(recs, "02-beta") is None          # smoke only
-    assert book.best_record(recs, "03-gamma") is None
+    write_record(root, fake_record(specs[0], "paper", [1.4], status="dry-run"))
+    recs = records.load_records(root / "results").records
+    assert records.best_record(recs, "01-alpha")["tier"] == "gpu"
+    assert records.best_record(recs, "02-beta") is None          # smoke only
+    assert records.best_record(recs, "03-gamma") is None
 
 
 # -- results page ------------------------------------------------------------------------
@@ -126,7 +173,7 @@ def _table_rows(md: str) -> list[list[str]]:
 
 def test_write_results_one_row_per_claim_without_smoke(project):
     root, specs = project
-    path = book.write_results(root, specs)
+    path = book.write_results(None, specs)
     assert path == root / "book" / "results.md"
     md = path.read_text()
     rows = _table_rows(md)
@@ -150,7 +197,7 @@ def test_write_results_one_row_per_claim_without_smoke(project):
     missing = md.split("## Papers without a record yet", 1)[1].split("\n## ", 1)[0]
     assert "02-beta" in missing and "03-gamma" in missing and "not yet run" in missing
     assert "01-alpha" not in missing
-    assert "generated from `results/01-alpha.cpu.json` at commit `abcdef123456`" in md
+    assert "generated from `results/01-alpha.cpu.json`, run `run-alpha-cpu` at commit `abcdef123456`" in md
     # the CSV has the same rows
     with open(root / "results" / "results.csv", newline="") as f:
         csv_rows = list(csv.DictReader(f))
@@ -160,13 +207,15 @@ def test_write_results_one_row_per_claim_without_smoke(project):
     assert csv_rows[0]["record"] == "results/01-alpha.cpu.json"
 
 
-def test_write_results_without_records_and_with_bench(tmp_path):
+def test_write_results_without_records_and_with_bench(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRO_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("REPRO_BOOK", str(tmp_path / "book"))
     specs = [fake_spec(7, "delta")]
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "bench.json").write_text(json.dumps({"runs": [
         {"model": "resnet20", "device": "cpu", "device_name": "CPU (2 threads)", "dtype": "fp32",
          "batch_size": 128, "images_per_s": 450.3, "when": "2025-01-02T03:04:05+00:00"}]}))
-    md = book.write_results(tmp_path, specs).read_text()
+    md = book.write_results(None, specs).read_text()
     assert ":::{table}" not in md and "No finished cpu, gpu or paper run yet" in md
     assert "| 07-delta | The delta paper | distillation | not yet run |" in md
     assert "| resnet20 | CPU (2 threads) | fp32 | 128 | 450 | 2025-01-02 |" in md
@@ -206,7 +255,8 @@ def test_write_toc_lists_only_existing_chapters(project):
     assert book.toc_documents(root)[0] == "book/intro"
 
 
-def test_write_toc_without_chapters(tmp_path):
+def test_write_toc_without_chapters(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRO_BOOK", str(tmp_path / "book"))
     toc = yaml.safe_load(book.write_toc(tmp_path, [fake_spec(1, "alpha")]).read_text())
     assert toc == {"format": "jb-book", "root": "book/intro",
                    "chapters": [{"file": "book/protocol"}, {"file": "book/results"}]}

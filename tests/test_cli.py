@@ -36,7 +36,7 @@ def test_list_and_show(capsys):
 def test_data_where_and_verify_errors(tmp_path, capsys):
     assert main(["data", "where", "--root", str(tmp_path)]) == 0
     assert str(tmp_path) in capsys.readouterr().out
-    assert main(["data", "verify", "--root", str(tmp_path)]) == 1
+    assert main(["data", "verify", "--root", str(tmp_path)]) == 3   # exit code 3: data
     assert "repro data download" in capsys.readouterr().err
 
 

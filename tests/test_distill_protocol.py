@@ -20,7 +20,7 @@ def test_protocol_is_merged_and_cannot_be_redefined():
         _with_protocol("x.toml", "distillation", {"epochs": {"default": 3}}, {})
     with pytest.raises(ParameterError, match="overrides epochs"):
         _with_protocol("x.toml", "distillation", {}, {"cpu": {"epochs": 3}})
-    with pytest.raises(KeyError, match="no protocol"):
+    with pytest.raises(ParameterError, match="no protocol"):
         load_protocol("nope")
 
 

@@ -12,7 +12,7 @@ import torch
 from repro.data import load
 from repro.methods import two_phase as G
 from repro.papers import load_spec
-from repro.records import Run
+from repro.run import Run
 
 ORDER = list(range(100, 0, -1))  # a made-up order of 100 "class ids" (100, 99, …, 1)
 

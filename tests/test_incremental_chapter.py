@@ -8,7 +8,7 @@ import torch
 from repro.incremental import chapter
 from repro.incremental.learners import FineTune, IncrementalConfig, Replay
 from repro.papers import load_spec
-from repro.records import Run
+from repro.run import Run
 
 PARAMS = dict(tier="smoke", classes=6, scenario="B0-Inc2", order_seed=1993, per_class=8, test_per_class=4,
               image_size=8, data_seed=0, memory=6, memory_mode="herding", seeds=[0, 1], arch="cnn3",

@@ -12,7 +12,7 @@ from repro.incremental.learners import FineTune, IncrementalConfig, Replay
 from repro.incremental.stream import Stream
 from repro.methods import nmc
 from repro.papers import load_spec
-from repro.records import Run
+from repro.run import Run
 
 
 def toy_stream(y_train: list[int], y_test: list[int], tasks: list[list[int]]) -> Stream:

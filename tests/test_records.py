@@ -1,11 +1,14 @@
-"""Parameters, tiers, run records and the verdict rule."""
+"""Parameters, tiers, runs, their records and the verdict rule."""
 from __future__ import annotations
 
+import importlib
 import json
+import stat
 
 import pytest
 
-from repro import records
+from repro import io, run as run_mod
+from repro.errors import RecordError
 from repro.papers import COMMON_PARAMS, Claim, PaperSpec, ParameterError, all_specs, load_spec
 from repro.verdicts import judge
 
@@ -31,7 +34,9 @@ def test_resolve_applies_tier_then_explicit():
 @pytest.mark.parametrize("over, match", [({"epochz": 3}, "unknown parameter.*epochz"),
                                          ({"epochs": "3"}, "epochs='3' has type str"),
                                          ({"epochs": 2.5}, "expected int"),
-                                         ({"seeds": [0, "a"]}, "seeds")])
+                                         ({"seeds": [0, "a"]}, r"element 1 \('a'\) has type str; expected int"),
+                                         ({"seeds": []}, "seeds is empty"),
+                                         ({"seeds": [1, 1]}, "seeds repeat")])
 def test_bad_parameters_name_the_valid_ones(over, match):
     with pytest.raises(ParameterError, match=match):
         _spec().resolve("cpu", over)
@@ -43,41 +48,90 @@ def test_unknown_tier():
 
 
 def test_start_validates_injected_parameters(monkeypatch, tmp_path):
-    monkeypatch.setattr(records, "load_spec", lambda slug: _spec())
-    monkeypatch.setenv("REPRO_RESULTS", str(tmp_path))
+    monkeypatch.setattr(run_mod, "load_spec", lambda slug: _spec())
+    monkeypatch.setenv("REPRO_RUNS", str(tmp_path))
     monkeypatch.delenv("REPRO_TIER", raising=False)
     ns = {"tier": "cpu", "device": "auto", "epochs": 100, "lr": 0.1, "seeds": [0, 1, 2], "arch": "resnet20",
           "In": ["", "# Parameters\ntier = 'cpu'\nbatchsize = 4\n"], "batchsize": 4}
     with pytest.raises(ParameterError, match="unknown parameter.*batchsize"):
-        records.start("toy", ns)
+        run_mod.start("toy", ns)
     ns["In"] = ["", "# Parameters\ntier = 'cpu'\nlr = 0.3\n"]
     ns["lr"] = 0.3
-    run = records.start("toy", ns)
+    run = run_mod.start("toy", ns)
     assert ns["epochs"] == 5 and ns["lr"] == 0.3 and run.tier == "cpu"
     ns2 = dict(ns, In=[], tier="cpu", lr=0.1, epochs=7)  # edited by hand in the cell
-    records.start("toy", ns2)
+    run_mod.start("toy", ns2)
     assert ns2["epochs"] == 7 and ns2["lr"] == 0.05
-    with pytest.raises(ParameterError, match="has type str"):
-        records.start("toy", dict(ns, In=["# Parameters\nepochs = 'x'\n"], epochs="x"))
+    with pytest.raises(ParameterError, match="epochs='x' is not a Python literal"):
+        run_mod.start("toy", dict(ns, In=["# Parameters\nepochs = 'x'\n"], epochs="x"))
+    with pytest.raises(ParameterError, match="has type float"):
+        run_mod.start("toy", dict(ns, In=["# Parameters\nepochs = 2.5\n"], epochs=2.5))
+
+
+def test_papermill_text_values_are_read_as_literals(monkeypatch, tmp_path):
+    """papermill's ``-p seeds "[0, 1, 2]"`` injects the text "[0, 1, 2]"."""
+    monkeypatch.setattr(run_mod, "load_spec", lambda slug: _spec())
+    monkeypatch.setenv("REPRO_RUNS", str(tmp_path))
+    monkeypatch.delenv("REPRO_TIER", raising=False)
+    ns = {"tier": "cpu", "device": "auto", "epochs": "7", "lr": "0.5", "seeds": "[0, 1]", "arch": "resnet20",
+          "In": ["# Parameters\ntier = 'cpu'\nepochs = '7'\nlr = '0.5'\nseeds = '[0, 1]'\n"]}
+    run = run_mod.start("toy", ns)
+    assert (ns["epochs"], ns["lr"], ns["seeds"]) == (7, 0.5, [0, 1]) and run.seeds == [0, 1]
+    ns.update(seeds="[0, 'x']", In=["# Parameters\nseeds = \"[0, 'x']\"\n"])
+    with pytest.raises(ParameterError, match="element 1"):
+        run_mod.start("toy", ns)
+    ns.update(seeds="0, 1, oops", In=["# Parameters\nseeds = '0, 1, oops'\n"])
+    with pytest.raises(ParameterError, match="not a Python literal"):
+        run_mod.start("toy", ns)
+
+
+def _toy_run(monkeypatch, tmp_path, claims, dry=False):
+    monkeypatch.setattr(run_mod, "load_spec", lambda slug: _spec(claims))
+    monkeypatch.setenv("REPRO_RUNS", str(tmp_path))
+    monkeypatch.delenv("REPRO_RUN_DIR", raising=False)
+    monkeypatch.delenv("REPRO_TIER", raising=False)
+    if dry:
+        monkeypatch.setenv("REPRO_DRY_RUN", "1")
+    else:
+        monkeypatch.delenv("REPRO_DRY_RUN", raising=False)
+    ns = {k: v["default"] for k, v in _spec().params.items()}
+    ns["tier"] = "cpu"
+    return run_mod.start("toy", ns)
 
 
 def test_record_is_written_with_verdicts(monkeypatch, tmp_path):
     c = Claim(id="gain", text="M>1 helps", metric="gain", kind="effect", direction="higher")
-    monkeypatch.setattr(records, "load_spec", lambda slug: _spec([c]))
-    monkeypatch.setenv("REPRO_RESULTS", str(tmp_path))
-    ns = {k: v["default"] for k, v in _spec().params.items()}
-    ns["tier"] = "cpu"
-    run = records.start("toy", ns)
+    run = _toy_run(monkeypatch, tmp_path, [c])
     run.log(0, gain=1.0)
     run.log(1, gain=3.0)
     rec = run.finish()
-    on_disk = json.loads((tmp_path / "99-toy.cpu.json").read_text())
+    assert run.folder.parent == tmp_path and run.run_id in run.folder.name
+    on_disk = json.loads((run.folder / "99-toy.cpu.json").read_text())
+    assert stat.S_IMODE((run.folder / "99-toy.cpu.json").stat().st_mode) == 0o644
+    assert on_disk["run_id"] == run.run_id and on_disk["schema"] == 2
     assert on_disk["metrics"]["gain"]["mean"] == 2.0 and on_disk["metrics"]["gain"]["n"] == 2
     assert rec["claims"][0]["verdict"] == "partly"  # t(0.975, 1) = 12.7: the CI spans 0
     assert {"python", "torch", "git_commit", "device_name"} <= set(rec["environment"])
     assert "wall_s" in rec["cost"] and rec["status"] == "complete"
     assert "| M>1 helps |" in run.claims_table()
-    assert not list(tmp_path.glob(".*tmp"))  # atomic: no temporary left behind
+    assert not list(run.folder.glob(".*tmp"))  # atomic: no temporary left behind
+
+
+def test_a_claim_whose_metric_was_not_logged_fails_finish(monkeypatch, tmp_path):
+    c = Claim(id="gain", text="M>1 helps", metric="gain", kind="effect", direction="higher")
+    run = _toy_run(monkeypatch, tmp_path, [c])
+    run.log(0, other=1.0)
+    with pytest.raises(RecordError, match="no value for claim metric.*gain"):
+        run.finish()
+    assert not run.record_path.exists()
+
+
+def test_dry_run_records_carry_no_verdict(monkeypatch, tmp_path):
+    c = Claim(id="gain", text="M>1 helps", metric="gain", kind="effect", direction="higher")
+    run = _toy_run(monkeypatch, tmp_path, [c], dry=True)
+    run.log(0, gain=1.0)
+    rec = run.finish()
+    assert rec["status"] == "dry-run" and rec["verdict"] is None and rec["claims"][0]["verdict"] is None
 
 
 C_UP = Claim(id="c", text="", metric="m", kind="effect", direction="higher", paper_value=2.0, tolerance=1.0)
@@ -118,13 +172,21 @@ def test_every_paper_spec_loads_and_its_tiers_resolve():
             s.resolve(t)
         assert s.claims, f"{s.name} has no claims"
         assert load_spec(s.name) is s
-    with pytest.raises(KeyError, match="no paper"):
+    with pytest.raises(ParameterError, match="no paper"):
         load_spec("nosuchpaper")
+
+
+def test_every_spec_names_modules_that_import():
+    for s in all_specs():
+        assert s.modules, f"{s.name}: [paper] modules is empty"
+        for m in s.modules:
+            importlib.import_module(m)
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     path = tmp_path / "r.json"
-    records.write_json(path, {"a": 1})
+    io.write_json(path, {"a": 1})
     with pytest.raises(TypeError):
-        records.write_json(path, {"a": object()})
+        io.write_json(path, {"a": object()})
     assert json.loads(path.read_text()) == {"a": 1}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 and not list(tmp_path.glob(".*"))

@@ -105,3 +105,73 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     for x, y in zip(resumed.model.state_dict().values(), straight.model.state_dict().values()):
         assert torch.allclose(x.float(), y.float(), atol=1e-6)
     assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in straight.history])
+
+
+INTERRUPT_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, torch
+    sys.path.insert(0, {tests!r})
+    from test_train import _toy, _model
+    from repro.data import TensorLoader
+    from repro.train import TrainConfig, fit
+    torch.set_num_threads(1)
+    imgs, labels = _toy()
+    class SignalAt:
+        def on_step(self, info):
+            if info.step == 15:  # the third batch of the third epoch (6 batches an epoch)
+                os.kill(os.getpid(), signal.{sig})
+    try:
+        fit(_model(), TensorLoader(imgs, labels, 16, seed=0), None,
+            TrainConfig(epochs=4, lr=0.05, progress=False), checkpoint_dir={ckpt!r}, callbacks=[SignalAt()])
+    except KeyboardInterrupt as exc:
+        print("stopped by", type(exc).__name__)
+        sys.exit(130)
+""")
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_saves_the_batch_it_was_in_and_resumes_exactly(tmp_path, sig):
+    """Ctrl-C (SIGINT) or SIGTERM mid-epoch: the checkpoint keeps every finished batch, and the
+    resumed run ends with the weights of an uninterrupted one."""
+    ckpt = tmp_path / "ckpt"
+    script = INTERRUPT_SCRIPT.format(tests=str(Path(__file__).parent), ckpt=str(ckpt), sig=sig)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr
+    assert ("Interrupted" if sig == "SIGTERM" else "KeyboardInterrupt") in proc.stdout
+    saved = torch.load(ckpt / "last.pt", weights_only=False)
+    assert saved["epoch"] == 2 and saved["partial"]["pos"] == 3 and saved["step"] == 15
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    imgs, labels = _toy()
+    cfg = TrainConfig(epochs=4, lr=0.05, progress=False)
+    resumed = fit(_model(), TensorLoader(imgs, labels, 16, seed=0), None, cfg, checkpoint_dir=ckpt)
+    straight = fit(_model(), TensorLoader(imgs, labels, 16, seed=0), None, cfg)
+    torch.set_num_threads(threads)
+    assert resumed.steps == straight.steps == 24
+    for x, y in zip(resumed.model.state_dict().values(), straight.model.state_dict().values()):
+        assert torch.equal(x, y)
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in straight.history])
+
+
+def test_every_epoch_is_checkpointed_by_default(tmp_path):
+    imgs, labels = _toy()
+    seen = []
+
+    class Watch:
+        def on_step(self, info):
+            if info.step % 6 == 1 and info.epoch > 0:  # first batch of epochs 2, 3…
+                seen.append(torch.load(tmp_path / "last.pt", weights_only=False)["epoch"])
+
+    fit(_model(), TensorLoader(imgs, labels, 16, seed=0), None, TrainConfig(epochs=3, lr=0.05, progress=False),
+        checkpoint_dir=tmp_path, callbacks=[Watch()])
+    assert seen == [1, 2]
+
+
+def test_fit_reports_its_cost_without_knowing_the_run():
+    from repro.train import COST, WORK
+
+    imgs, labels = _toy()
+    s0, i0, w0 = COST.train_s, COST.train_images, WORK["train_steps"]
+    res = fit(_model(), TensorLoader(imgs, labels, 16, seed=0), None, TrainConfig(epochs=2, lr=0.05, progress=False))
+    assert COST.train_images - i0 == res.train_images == 2 * 96
+    assert COST.train_s - s0 == pytest.approx(res.train_seconds)
+    assert WORK["train_steps"] - w0 == res.steps == 12

@@ -14,7 +14,7 @@ from repro.incremental import chapter
 from repro.incremental.learners import IncrementalConfig, run_stream
 from repro.methods import weight_aligning as wa
 from repro.papers import load_spec
-from repro.records import Run
+from repro.run import Run
 
 
 def _layer(weight, bias=None) -> nn.Linear:

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-DATA_ENV = "REPRO_DATA"
+from ..errors import DataError  # one class for every command (exit code 3)
+from ..paths import DATA_ENV, data_dir
+
 FAKE_ENV = "REPRO_ALLOW_FAKE_DATA"
 FAKE_MARKER = "FAKE"
 FOLDER = "cifar-100-python"
@@ -37,8 +39,6 @@ MEAN = (0.5071, 0.4865, 0.4409)
 STD = (0.2673, 0.2564, 0.2762)
 
 
-class DataError(RuntimeError):
-    """CIFAR-100 is missing or does not match a known checksum."""
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,7 @@ def default_root() -> Path:
     ``$REPRO_DATA`` if set, else the user cache (``$XDG_CACHE_HOME/repro/data`` or
     ``~/.cache/repro/data``).
     """
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV]).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "repro" / "data"
+    return data_dir().expanduser()
 
 
 def md5(path: Path, chunk: int = 1 << 20) -> str:

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from .. import models
 from ..losses.distillation import check_temperature
-from ..train import TrainConfig, _save, dry_run, fit, predict
+from ..io import save_torch
+from ..train import TrainConfig, dry_run, fit, predict
 from .memory import ExemplarMemory, extract_features
 from .metrics import AccuracyMatrix
 from .stream import Stream
@@ -244,7 +245,7 @@ def run_stream(stream: Stream, learner: Learner, seed: int, device: torch.device
             for p in learner.old_model.parameters():
                 p.requires_grad_(False)
         if ckpt is not None:
-            _save(ckpt / f"after_task{t}.pt", {
+            save_torch(ckpt / f"after_task{t}.pt", {
                 "task": t, "model": model.state_dict(), "memory": memory.state_dict(),
                 "old_model": learner.old_model.state_dict() if learner.old_model is not None else None,
                 "learner": learner.state_dict(), "matrix": matrix.state_dict(), "histories": histories,

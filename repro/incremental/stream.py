@@ -109,7 +109,7 @@ def make_stream(classes: int = 100, scenario: str = "B0-Inc10", order_seed: int 
     """Load the first ``classes`` classes of the order and cut them into the scenario's tasks.
 
     Errors (before any data is read): an unknown scenario name, or one that does not divide
-    ``classes`` into whole tasks. ``run``: a ``repro.records.Run`` to record the data with.
+    ``classes`` into whole tasks. ``run``: a ``repro.run.Run`` to record the data with.
     """
     base, inc = parse_scenario(scenario)
     if not 1 <= classes <= 100:

@@ -344,7 +344,8 @@ def timm_backbone(name: str, weights: str = "", pretrained: bool = False) -> Bac
 
 def backbone_folder(key: dict[str, Any]) -> Path:
     """Cache folder of a pretrained backbone, keyed by everything that defines it."""
-    from ..records import checkpoints_dir, source_hash
+    from ..paths import checkpoints_dir
+    from ..provenance import source_hash
 
     blob = json.dumps({**key, "code": source_hash()}, sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:20]
@@ -358,7 +359,7 @@ def cifar_backbone(run, stream: Stream, pretrain_ids: list[int]) -> Backbone:
     evaluated stream (AIA and last), for the pretraining-quality figure: an observation,
     never used to choose anything."""
     from .. import data as _data
-    from ..records import seed_everything
+    from ..run import seed_everything
 
     p = run.params
     kw = {"width": p["arch_width"]} if p["arch_width"] else {}

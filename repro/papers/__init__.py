@@ -3,6 +3,7 @@
 One TOML file per paper, ``repro/papers/<slug>.toml``::
 
     [paper]   number, slug, title, authors, year, venue, arxiv, code, family, claim,
+              modules (the package modules that implement the chapter; a test imports them),
               protocol (optional: a family's shared params and tiers, protocols/<name>.toml)
     [params]  name = { default = ..., help = "..." }      # the paper tier's values
     [tiers.smoke] / [tiers.cpu] / [tiers.gpu]   name = value overrides
@@ -13,12 +14,14 @@ Every notebook's ``parameters`` cell carries the same names and defaults (a test
 """
 from __future__ import annotations
 
+import ast
 import tomllib
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ..errors import ParameterError
 from ..tiers import TIERS, check_tier
 
 HERE = Path(__file__).parent
@@ -27,10 +30,6 @@ COMMON_PARAMS: dict[str, dict[str, Any]] = {
     "tier": {"default": "paper", "help": f"one of {', '.join(TIERS)}; sets the other defaults"},
     "device": {"default": "auto", "help": "'auto' (CUDA if present, else CPU), 'cpu' or 'cuda'"},
 }
-
-
-class ParameterError(ValueError):
-    """An unknown, ill-typed or out-of-range notebook parameter."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +62,11 @@ class PaperSpec:
         return f"{self.number:02d}-{self.slug}"
 
     @property
+    def modules(self) -> list[str]:
+        """The package modules that implement this chapter (``[paper] modules``)."""
+        return list(self.info.get("modules", []))
+
+    @property
     def defaults(self) -> dict[str, Any]:
         return {k: v["default"] for k, v in self.params.items()}
 
@@ -85,6 +89,7 @@ class PaperSpec:
         for k, v in explicit.items():
             out[k] = check_type(self.name, k, v, self.params[k]["default"])
         out["tier"] = tier
+        check_seeds(self.name, out)
         return out
 
     def parameters_source(self) -> str:
@@ -99,32 +104,61 @@ class PaperSpec:
         return "\n".join(f"  {k:<{w}}  {v['default']!r:<14} {v.get('help', '')}" for k, v in self.params.items())
 
 
-def check_type(paper: str, name: str, value: Any, default: Any) -> Any:
-    """Return ``value`` if its type fits ``default``'s (an int may stand for a float)."""
-    def fits(v: Any, d: Any) -> bool:
-        if isinstance(d, bool):
-            return isinstance(v, bool)
-        if isinstance(d, float):
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-        if isinstance(d, int):
-            return isinstance(v, int) and not isinstance(v, bool)
-        if isinstance(d, str):
-            return isinstance(v, str)
-        if isinstance(d, (list, tuple)):
-            if not isinstance(v, (list, tuple)):
-                return False
-            return not d or all(fits(x, d[0]) for x in v)
-        return True
+def _fits(v: Any, d: Any) -> bool:
+    if isinstance(d, bool):
+        return isinstance(v, bool)
+    if isinstance(d, float):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if isinstance(d, int):
+        return isinstance(v, int) and not isinstance(v, bool)
+    if isinstance(d, str):
+        return isinstance(v, str)
+    if isinstance(d, (list, tuple)):
+        return isinstance(v, (list, tuple))
+    return True
 
-    if not fits(value, default):
+
+def check_type(paper: str, name: str, value: Any, default: Any) -> Any:
+    """Return ``value`` if its type fits ``default``'s (an int may stand for a float; a list's
+    elements must fit the default's first element), else raise ParameterError."""
+    if not _fits(value, default):
         raise ParameterError(
             f"{paper}: parameter {name}={value!r} has type {type(value).__name__}; "
             f"expected {type(default).__name__} like the default {default!r}")
+    if isinstance(default, (list, tuple)) and default:
+        for i, x in enumerate(value):
+            if not _fits(x, default[0]) or isinstance(x, (list, tuple, dict)) and not isinstance(default[0], (list, tuple)):
+                raise ParameterError(
+                    f"{paper}: parameter {name}={value!r}: element {i} ({x!r}) has type {type(x).__name__}; "
+                    f"expected {type(default[0]).__name__} like the default {default!r}")
     if isinstance(default, float):
         return float(value)
     if isinstance(default, (list, tuple)):
         return [float(x) if default and isinstance(default[0], float) else x for x in value]
     return value
+
+
+def check_seeds(paper: str, params: dict[str, Any]) -> None:
+    """``seeds``, where a paper has it, must be a non-empty list of distinct integers ≥ 0."""
+    if "seeds" not in params:
+        return
+    seeds = params["seeds"]
+    if not seeds:
+        raise ParameterError(f"{paper}: seeds is empty; give at least one seed, e.g. [0, 1, 2]")
+    if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
+        raise ParameterError(f"{paper}: seeds must be integers ≥ 0, not {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ParameterError(f"{paper}: seeds repeat: {seeds!r} (a repeated seed is not a new run)")
+
+
+def parse_text_value(paper: str, name: str, text: str) -> Any:
+    """A parameter value given as text (papermill ``-p``, the CLI): a Python literal if it
+    parses as one (``"3"``, ``"0.1"``, ``"[0, 1]"``, ``"True"``), else ParameterError."""
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        raise ParameterError(f"{paper}: parameter {name}={text!r} is not a Python literal "
+                             f"(a number, True/False, or a list such as [0, 1, 2])") from None
 
 
 def load_spec(slug: str) -> PaperSpec:
@@ -137,7 +171,7 @@ def _load_spec(slug: str) -> PaperSpec:
     path = HERE / f"{slug}.toml"
     if not path.is_file():
         known = ", ".join(s.slug for s in all_specs())
-        raise KeyError(f"no paper {slug!r}; known: {known}")
+        raise ParameterError(f"no paper {slug!r}; known: {known} (repro list shows them)")
     raw = tomllib.loads(path.read_text())
     info = raw["paper"]
     params = {**COMMON_PARAMS, **raw.get("params", {})}
@@ -161,7 +195,7 @@ def load_protocol(name: str) -> dict[str, Any]:
     path = HERE / "protocols" / f"{name}.toml"
     if not path.is_file():
         known = ", ".join(p.stem for p in (HERE / "protocols").glob("*.toml"))
-        raise KeyError(f"no protocol {name!r}; known: {known}")
+        raise ParameterError(f"no protocol {name!r}; known: {known}")
     return tomllib.loads(path.read_text())
 
 

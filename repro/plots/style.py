@@ -7,9 +7,7 @@ and returns ``(fig, data)``; ``save`` writes the PNG and the numbers side by sid
 from __future__ import annotations
 
 import json
-import math
 import os
-import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,8 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+
+from ..io import atomic_write, atomic_write_bytes, jsonable  # noqa: F401  (jsonable: for figure data)
 
 # Okabe & Ito (2008) palette, ordered so that the first colours are the most distinct for
 # common colour-vision deficiencies; yellow and black come last (yellow is faint on white).
@@ -112,41 +112,6 @@ def annotate_setting(fig: Figure, setting: str | None) -> None:
         fig.subplots_adjust(bottom=max(bottom, strip + 0.08))
 
 
-def jsonable(obj: Any) -> Any:
-    """Recursively turn numpy/torch values into plain JSON types; NaN/inf become None."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if hasattr(obj, "detach") and hasattr(obj, "cpu"):  # torch.Tensor
-        obj = obj.detach().cpu().float().numpy() if obj.is_floating_point() else obj.detach().cpu().numpy()
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    if isinstance(obj, Path):
-        return obj.as_posix()
-    raise TypeError(f"cannot make {type(obj).__name__} JSON-serialisable")
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    # A temporary file in the same directory, then os.replace: readers never see a
-    # half-written file, even if the process dies mid-write.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save(fig: Figure, path: str | os.PathLike, data: dict | None = None) -> Path:
     """Save ``fig`` as PNG at ``path`` and, if given, ``data`` as JSON beside it.
 
@@ -156,9 +121,7 @@ def save(fig: Figure, path: str | os.PathLike, data: dict | None = None) -> Path
     path = Path(path)
     if path.suffix.lower() != ".png":
         path = path.with_name(path.name + ".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
     if data is not None:
-        payload = json.dumps(jsonable(data), indent=1, allow_nan=False).encode()
-        _atomic_write(path.with_suffix(".json"), lambda fh: fh.write(payload))
+        atomic_write_bytes(path.with_suffix(".json"), json.dumps(jsonable(data), indent=1, allow_nan=False).encode())
     return path

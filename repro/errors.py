@@ -1,0 +1,41 @@
+"""The errors a user can cause, each with its own exit code in the CLI.
+
+Everything here subclasses :class:`ReproError` and carries a message that says what to do.
+An interrupt is not an error: :class:`Interrupted` is a ``KeyboardInterrupt`` (so no
+``except Exception`` swallows it) raised on SIGTERM as Ctrl-C raises the built-in one.
+"""
+from __future__ import annotations
+
+
+class ReproError(Exception):
+    """Base of the errors a user can fix."""
+
+    exit_code = 1
+
+
+class ParameterError(ReproError, ValueError):
+    """An unknown, ill-typed or out-of-range parameter, tier or paper name."""
+
+    exit_code = 2
+
+
+class DataError(ReproError, RuntimeError):
+    """CIFAR-100 is missing, incomplete or corrupt; the message says how to fix it."""
+
+    exit_code = 3
+
+
+class RecordError(ReproError, ValueError):
+    """A run record that does not parse or does not match its schema (the message names the file)."""
+
+    exit_code = 1
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) during a run: checkpoints are saved, then this propagates."""
+
+
+#: exit codes of ``repro run`` by the exception class that ended the chapter (by name, since a
+#: notebook's exception reaches the CLI as papermill's ename/evalue strings).
+EXIT_CODES = {"ParameterError": 2, "DataError": 3, "KeyboardInterrupt": 130, "Interrupted": 130}
+INTERRUPTED_EXIT = 130
