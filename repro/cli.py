@@ -190,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .errors import ParameterError
     from .papers import all_specs, load_spec
     from .run import new_run_id, run_folder
-    from .train import DRY_RUN_ENV, FRESH_ENV, dry_run
+    from .modes import DRY_RUN_ENV, FRESH_ENV, dry_run
 
     if not args.all and not args.slug:
         print("repro run: name a paper (repro list) or pass --all", file=sys.stderr)

@@ -134,10 +134,12 @@ def publish(folder: str | Path, results: Path | None = None, chapters: Path | No
             os.replace(tmp[k], dest[k])
             done.append(k)
     except BaseException:
-        for k in reversed(done):
-            _remove(dest[k])
+        for k in dest:  # put back every previous part; drop new parts that had none before
             if old[k].exists():
+                _remove(dest[k])
                 os.replace(old[k], dest[k])
+            elif k in done:
+                _remove(dest[k])
         for p in tmp.values():
             _remove(p)
         raise

@@ -94,7 +94,7 @@ class Run:
         import torch
 
         from .provenance import environment
-        from .train import COST, dry_run
+        from .train import COST, WORK, dry_run
 
         self.spec = spec
         self.params = params
@@ -111,6 +111,7 @@ class Run:
         self.notes: dict[str, Any] = {}
         self.data_info: dict[str, Any] = {}
         self._cost0 = (COST.train_s, COST.train_images)
+        self._work0 = dict(WORK)
         self.t0 = time.time()
         self.started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self.env = environment(self.device)
@@ -144,7 +145,7 @@ class Run:
         re-run with the same settings and code resumes; any change starts afresh. Under
         ``repro run --fresh`` the run id joins the key, so nothing earlier is reused.
         """
-        from .train import fresh
+        from .modes import fresh
 
         parts: list[Any] = [self.spec.name, self.params, [str(k) for k in key], self.env["source_hash"]]
         if fresh():
@@ -200,7 +201,7 @@ class Run:
         """
         import torch
 
-        from .train import COST
+        from .train import COST, WORK
 
         metrics = self.summaries()
         missing = [c.metric for c in self.spec.claims if c.metric not in metrics]
@@ -244,7 +245,9 @@ class Run:
             "figures": self.figures,
             "cost": {"wall_s": round(wall, 1), "train_s": round(train_s, 1), "train_images": train_images,
                      "images_per_s": round(train_images / train_s, 1) if train_s else None,
-                     "peak_mem_mb": round(peak, 1), "device": self.env["device_name"]},
+                     "peak_mem_mb": round(peak, 1), "device": self.env["device_name"],
+                     # optimizer steps and evaluated batches of this run (a dry run's size check)
+                     "work": {k: WORK[k] - self._work0.get(k, 0) for k in ("train_steps", "eval_batches")}},
             "environment": self.env,
             "data": self.data_info,
             "notes": self.notes,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import signal
 import threading
 import time
@@ -36,9 +35,8 @@ import torch.nn.functional as F
 from .data.loader import TensorLoader
 from .errors import Interrupted
 from .io import save_torch
+from .modes import DRY_RUN_ENV, FRESH_ENV, dry_run, fresh  # noqa: F401  (re-exported)
 
-DRY_RUN_ENV = "REPRO_DRY_RUN"
-FRESH_ENV = "REPRO_FRESH"
 
 
 @dataclass
@@ -59,19 +57,6 @@ COST = CostMeter()
 #: Work done in this process: optimizer steps and evaluated batches. A dry-run test counts
 #: these instead of timing a run.
 WORK: Counter[str] = Counter()
-
-
-def dry_run() -> bool:
-    """True when ``REPRO_DRY_RUN`` is set (not 0): every ``fit`` takes one step and every
-    evaluation one batch, with no checkpoints — a check that a tier's code path runs at all
-    (e.g. the gpu tier on a CPU), never a result."""
-    return os.environ.get(DRY_RUN_ENV, "") not in ("", "0")
-
-
-def fresh() -> bool:
-    """True when ``REPRO_FRESH`` is set (``repro run --fresh``): runs ignore the checkpoints of
-    earlier runs and retrain everything (an independent replication)."""
-    return os.environ.get(FRESH_ENV, "") not in ("", "0")
 
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

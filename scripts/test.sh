@@ -10,6 +10,6 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 .venv/bin/python -m pytest -q -ra "$@"
 # nbval executes the sources as they are; REPRO_TIER picks the smoke tier for them and the
-# records, checkpoints and teachers go to a scratch folder.
-REPRO_TIER=smoke REPRO_RESULTS="$scratch/results" REPRO_CHECKPOINTS="$scratch/ckpt" REPRO_TEACHERS="$scratch/teachers" \
+# run folders, checkpoints and teachers go to a scratch folder.
+REPRO_TIER=smoke REPRO_RUNS="$scratch/runs" REPRO_CHECKPOINTS="$scratch/ckpt" REPRO_TEACHERS="$scratch/teachers" \
   .venv/bin/python -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks

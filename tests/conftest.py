@@ -45,3 +45,27 @@ def notebook_data_env(fake_root) -> dict[str, str]:
     if real_data_available():
         return {}
     return {"REPRO_DATA": str(fake_root), "REPRO_ALLOW_FAKE_DATA": "1"}
+
+
+# -- smoke-tier timings: a report, not a test -------------------------------------------------
+SMOKE_BUDGET_S = 30
+_SMOKE_SECONDS: dict[str, float] = {}
+
+
+@pytest.fixture
+def smoke_seconds() -> dict[str, float]:
+    """Where smoke-run tests put each chapter's wall seconds (printed at the end of the run)."""
+    return _SMOKE_SECONDS
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Smoke seconds per chapter against the budget. A loaded machine (CI) runs slower, so this
+    is a report to read, not an assertion."""
+    if not _SMOKE_SECONDS:
+        return
+    tr = terminalreporter
+    tr.section(f"smoke tier: seconds per chapter (budget {SMOKE_BUDGET_S} s on an idle 2-core machine)")
+    for name, s in sorted(_SMOKE_SECONDS.items()):
+        flag = "  over budget (or a busy machine)" if s > SMOKE_BUDGET_S else ""
+        tr.write_line(f"{name:<18} {s:6.1f} s{flag}")
+    tr.write_line(f"{'total':<18} {sum(_SMOKE_SECONDS.values()):6.1f} s")

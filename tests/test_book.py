@@ -225,7 +225,7 @@ def test_write_results_without_records_and_with_bench(tmp_path, monkeypatch):
 
 def test_verdict_badges_have_styles():
     css = (PROJECT / "book" / "_static" / "verdicts.css").read_text()
-    for v in verdicts.VERDICTS:
+    for v in (*verdicts.VERDICTS, book.UNVERIFIED):
         badge = book.verdict_badge(v)
         cls = re.search(r'class="verdict (verdict-[a-z-]+)"', badge).group(1)
         assert f".{cls} " in css, f"no style for {cls}"

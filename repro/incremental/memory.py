@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..train import WORK, dry_run
+
 MODES = ("herding", "random", "none")
 
 
@@ -38,13 +40,25 @@ def herding_order(features: torch.Tensor, m: int) -> list[int]:
 @torch.no_grad()
 def extract_features(model: nn.Module, images: torch.Tensor, device: torch.device | str = "cpu",
                      batch_size: int = 512) -> torch.Tensor:
-    """``model.features`` of uint8 images [N, 3, S, S], normalised, un-augmented, eval mode."""
+    """``model.features`` of uint8 images [N, 3, S, S], normalised, un-augmented, eval mode.
+
+    A dry run (``REPRO_DRY_RUN``) runs the model on the first batch only and repeats its rows
+    to fill all N: the shapes, and what comes after (herding, class means), stay as in a real run.
+    """
     from ..data.loader import TensorLoader
 
     was = model.training
     model.eval()
     loader = TensorLoader(images, torch.zeros(len(images), dtype=torch.long), batch_size, device, train=False)
-    out = torch.cat([model.features(x).float().cpu() for x, _ in loader])
+    feats = []
+    for x, _ in loader:
+        feats.append(model.features(x).float().cpu())
+        WORK["eval_batches"] += 1
+        if dry_run():
+            break
+    out = torch.cat(feats)
+    if len(out) < len(images):  # dry run: tile the first batch's features
+        out = out.repeat(-(-len(images) // len(out)), *[1] * (out.dim() - 1))[: len(images)]
     model.train(was)
     return out
 
@@ -81,6 +95,11 @@ class ExemplarMemory:
         for c in self.store:
             self.store[c] = self.store[c][:m]
         gen = torch.Generator().manual_seed(self.seed)
+        pooled = None
+        if self.mode == "herding" and features is not None and new_classes and dry_run():
+            # a dry run: one features call (one batch) for all the new classes, not one per class
+            new = torch.isin(labels, torch.tensor(list(new_classes), dtype=labels.dtype))
+            pooled = (labels[new], features(positions[new]))
         for c in new_classes:
             cand = positions[labels == c]
             if self.mode == "random":
@@ -88,7 +107,7 @@ class ExemplarMemory:
             else:
                 if features is None:
                     raise ValueError("herding needs a features function")
-                order = herding_order(features(cand), m)
+                order = herding_order(pooled[1][pooled[0] == c] if pooled is not None else features(cand), m)
             self.store[c] = [int(cand[i]) for i in order]
 
     def indices(self) -> torch.Tensor:

@@ -43,7 +43,7 @@ from ..incremental.memory import class_means, extract_features
 from ..incremental.stream import Stream
 from ..metrics import mean_std_text
 from ..plots.style import COLORS, annotate_setting, jsonable, new_figure
-from ..train import TrainConfig, fit, predict
+from ..train import TrainConfig, dry_run, fit, predict
 
 ARMS = ("independent", "bct", "oca", "oca_no_ortho")
 TRANSFORMS = ("none", "orthogonal")
@@ -278,7 +278,8 @@ def retrieval_metrics(query: torch.Tensor, yq: torch.Tensor, gallery: torch.Tens
     its relevant items, of the precision at the rank of each; CMC top-k = share of queries
     with a relevant item among the first k. ``leave_one_out``: query i and gallery item i are
     the same image (Q = G), so item i is left out of query i's ranking. Ties keep gallery
-    order. Queries without any relevant item are left out (their number is returned).
+    order. Queries without any relevant item are left out (their number is returned). A dry
+    run ranks the first ``chunk`` queries only.
     """
     if len(query) != len(yq) or len(gallery) != len(yg):
         raise ValueError("features and labels differ in length")
@@ -306,6 +307,8 @@ def retrieval_metrics(query: torch.Tensor, yq: torch.Tensor, gallery: torch.Tens
         for k in topk:
             hits[k].append((r[ok, :k].sum(1) > 0).float())
         kept += int(ok.sum())
+        if dry_run():
+            break
     out = {"map": 100.0 * torch.cat(aps).mean().item() if kept else float("nan")}
     for k in topk:
         out[f"top{k}"] = 100.0 * torch.cat(hits[k]).mean().item() if kept else float("nan")

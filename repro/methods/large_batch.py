@@ -31,6 +31,7 @@ the log-t law on it, ``run_arm`` trains one arm through ``repro.train.fit`` (res
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -43,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers.ghost_bn import ghost_norm, ghost_norm1d
-from ..train import StepInfo, TrainConfig, fit
+from ..train import WORK, StepInfo, TrainConfig, dry_run, fit
 
 # -- the arms ------------------------------------------------------------------------------
 
@@ -432,12 +433,15 @@ def summary_table(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
 def landscape_batches(data: Any, split: str, n: int, device: torch.device | str,
                       batch_size: int = 1000) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A fixed, un-augmented subset of ``n`` images of ``split`` (the first ``n`` of a
-    seeded permutation; ``n ≤ 0`` = all) as a list of ``(x, y)`` batches."""
+    seeded permutation; ``n ≤ 0`` = all) as a list of ``(x, y)`` batches (one batch in a dry
+    run, as every evaluation there)."""
     from ..data.loader import TensorLoader
 
     x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
     idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     idx = idx[: n] if n > 0 else idx
+    if dry_run():
+        idx = idx[:batch_size]
     return list(TensorLoader(x[idx], y[idx], batch_size, device, train=False))  # no shuffle/augment
 
 
@@ -457,8 +461,9 @@ def recalibrate_bn(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch
         m.momentum = None  # cumulative average: every batch counts the same
         m.train()
     dev = next(model.parameters()).device
-    for x, _ in batches:
+    for x, _ in itertools.islice(batches, 1 if dry_run() else None):  # a dry run: one batch
         model(x.to(dev))
+        WORK["eval_batches"] += 1
     for m, mom in zip(norms, saved):
         m.momentum = mom
     return model.eval()
@@ -469,12 +474,13 @@ def _loss_acc(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tens
     """Sample-weighted mean cross-entropy and top-1 (%) in eval mode."""
     dev = next(model.parameters()).device
     loss, correct, n = 0.0, 0, 0
-    for x, y in batches:
+    for x, y in itertools.islice(batches, 1 if dry_run() else None):  # a dry run: one batch
         x, y = x.to(dev), y.to(dev)
         out = model(x)
         loss += float(F.cross_entropy(out, y, reduction="sum"))
         correct += int((out.argmax(1) == y).sum())
         n += int(y.numel())
+        WORK["eval_batches"] += 1
     return loss / n, 100.0 * correct / n
 
 
@@ -491,8 +497,11 @@ def interpolation(model_a: nn.Module, model_b: nn.Module, data: Any, alphas: Seq
     reach zero and the loss explodes for a reason that has nothing to do with the landscape.
 
     Returns ``{"train": r, "test": r}`` with ``r = {"alpha", "loss", "acc", "n_samples", "bn"}``
-    (the format of ``interpolate_1d``).
+    (the format of ``interpolate_1d``). A dry run evaluates 3 α values on one batch each.
     """
+    from ..plots.landscape import dry_points
+
+    alphas = dry_points(alphas)  # a dry run: 3 of them
     train_b = landscape_batches(data, "train", n_samples, device)
     test_b = landscape_batches(data, "test", n_samples, device)
     if bn == "interpolate":

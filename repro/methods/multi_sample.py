@@ -32,7 +32,7 @@ from ..data import Dataset
 from ..layers.multi_sample_dropout import multi_sample_dropout_loss
 from ..plots import training_curves
 from ..plots.style import annotate_setting, jsonable, new_figure
-from ..train import TrainConfig, fit, make_optimizer
+from ..train import WORK, TrainConfig, dry_run, fit, make_optimizer
 
 # -- the arms ------------------------------------------------------------------------------
 
@@ -121,8 +121,11 @@ def step_time_benchmark(data: Dataset, params: Mapping[str, Any], seed: int, sam
     ``repro.train.fit``: bf16 autocast and channels_last on CUDA), in an order that rotates
     from round to round, after one untimed warm-up round. Interleaving puts every M under the
     same machine load, which sequential training jobs on a shared machine do not. Returns
-    ``{M: median seconds per step}``.
+    ``{M: median seconds per step}``. A dry run takes one step per M in the warm-up round and
+    in one timed round.
     """
+    if dry_run():
+        steps, rounds = 1, 1
     device = torch.device(device)
     cuda = device.type == "cuda"
     model = build_model(params, data.num_classes, float(params["dropout"]), seed).to(device).train()
@@ -147,6 +150,7 @@ def step_time_benchmark(data: Dataset, params: Mapping[str, Any], seed: int, sam
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                WORK["train_steps"] += 1
             if cuda:
                 torch.cuda.synchronize()
             if r > 0:  # round 0 warms up allocator, kernels and caches

@@ -52,7 +52,7 @@ from ..incremental.memory import class_means, extract_features
 from ..incremental.metrics import AccuracyMatrix
 from ..incremental.stream import Stream
 from ..plots.style import annotate_setting, jsonable, new_figure
-from ..train import TrainConfig, dry_run, evaluate, fit
+from ..train import WORK, TrainConfig, dry_run, evaluate, fit
 
 CIFAR = "cifar"
 FROZEN = ("nmc", "nmc_raw", "probe_seq", "joint_probe")
@@ -195,7 +195,8 @@ def nmc_stream(stream: Stream, f_train: torch.Tensor, f_test: torch.Tensor, norm
 # -- linear probes on frozen features --------------------------------------------------------------
 def train_probe(head: nn.Linear, x: torch.Tensor, y: torch.Tensor, seen: int, epochs: int, lr: float,
                 batch_size: int, seed: int) -> float:
-    """Adam on CE over the first ``seen`` logits of ``head(x)``; returns the seconds spent."""
+    """Adam on CE over the first ``seen`` logits of ``head(x)``; returns the seconds spent.
+    A dry run takes one step, as ``fit`` does there."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     steps = epochs * -(-len(y) // batch_size)
@@ -208,6 +209,9 @@ def train_probe(head: nn.Linear, x: torch.Tensor, y: torch.Tensor, seen: int, ep
             loss.backward()
             opt.step()
             sched.step()
+            WORK["train_steps"] += 1
+            if dry_run():
+                return time.perf_counter() - t0
     return time.perf_counter() - t0
 
 

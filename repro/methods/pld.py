@@ -90,6 +90,7 @@ def loss_surfaces(num_classes: int = 10, steps: int = 41, span: float = 4.0, see
         if d1.numel() != num_classes or d2.numel() != num_classes:
             raise ValueError(f"directions must have {num_classes} entries each")
     y = t.argmax(1)
+    steps = min(steps, 3) if dry_run() else steps  # a dry run: a 3 × 3 plane
     grid = np.linspace(-span, span, steps)
     out = {name: np.zeros((steps, steps)) for name in ("KD", "DIST", "PLD")}
     for i, b in enumerate(grid):

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ..data.cifar import MEAN, STD
 from ..losses import distillation as D
 from ..plots.style import annotate_setting, jsonable, new_figure
-from ..train import AllBatches, FitResult, dry_run
+from ..train import WORK, AllBatches, FitResult, dry_run
 from .distill import StudentSetup, _fit_student_model, teacher_loss_fn
 
 
@@ -122,6 +122,7 @@ def build_store(teacher: nn.Module, images: torch.Tensor, views: int, top_k: int
             top = p.topk(k, dim=1)
             ids[sl, v] = top.indices.cpu().to(torch.int16)
             probs[sl, v] = top.values.cpu().to(torch.float16)
+            WORK["eval_batches"] += 1
             if dry_run():
                 break
     return ReinforcedStore(params, ids, probs, pad, time.time() - t0, teacher_key)
@@ -424,6 +425,7 @@ def corruption_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Te
         for s in range(0, len(xc), 512):
             logits = model(normalise(xc[s:s + 512].to(device)))
             correct += int((logits.argmax(1).cpu() == labels[s:s + 512].cpu()).sum())
+            WORK["eval_batches"] += 1
         out[kind] = 100.0 * correct / len(xc)
     return out
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..losses import distillation as D
 from ..models.stages import split_stages, stage_channels, stage_outputs
-from ..train import AllBatches, FitResult, predict
+from ..train import WORK, AllBatches, FitResult, dry_run, predict
 from .distill import StudentSetup, _fit_student_model, register_arm
 
 ROTATIONS = 4
@@ -162,6 +162,9 @@ def aux_accuracies(model: AuxBranchStudent, test) -> list[float]:
         for i, a in enumerate(aux):
             accs[i].append(a.view(len(y), model.num_classes, ROTATIONS)[:, :, 0].argmax(1).cpu())
         ys.append(y.cpu())
+        WORK["eval_batches"] += 1
+        if dry_run():  # one batch, as every evaluation in a dry run
+            break
     model.train(was)
     y = torch.cat(ys)
     for a in accs:

@@ -7,10 +7,14 @@
 
 Both evaluate in eval mode (BN uses running statistics, dropout off) on a fixed list of
 ``(x, y)`` batches, and never modify the models passed in: they work on deep copies.
+
+In a dry run (``REPRO_DRY_RUN``, see ``repro.train.dry_run``) both shrink, as every evaluation
+does there: 3 points of the line, a 3 × 3 plane, one batch per point (``dry_points``).
 """
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -20,10 +24,20 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch.func import functional_call
 
+from ..train import WORK, dry_run
 from .style import annotate_setting, jsonable, new_figure
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def dry_points(points: Sequence[Any], keep: int = 3) -> list[Any]:
+    """``points`` unchanged, or in a dry run only ``keep`` of them, evenly spaced and with both
+    ends (a landscape's grid: the dry run checks the code path, not the curve)."""
+    points = list(points)
+    if not dry_run() or len(points) <= keep:
+        return points
+    return [points[i] for i in np.linspace(0, len(points) - 1, keep).round().astype(int)]
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -38,16 +52,18 @@ def _evaluate(model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn,
     """Sample-weighted mean loss and top-1 accuracy (percent) of ``model`` on ``batches``.
 
     ``loss_fn(logits [B, C], y [B])`` must return the batch *mean*. With ``params`` the
-    model is called functionally with those parameters replacing its own.
+    model is called functionally with those parameters replacing its own. A dry run
+    evaluates the first batch only.
     """
     dev = _device(model)
     loss_sum, correct, n = 0.0, 0, 0
-    for x, y in batches:
+    for x, y in itertools.islice(batches, 1 if dry_run() else None):
         x, y = x.to(dev), y.to(dev)
         out = model(x) if params is None else functional_call(model, dict(params), (x,))
         loss_sum += float(loss_fn(out, y)) * y.shape[0]
         correct += int((out.argmax(1) == y).sum())
         n += int(y.shape[0])
+        WORK["eval_batches"] += 1
     if n == 0:
         raise ValueError("batches is empty")
     return loss_sum / n, 100.0 * correct / n
@@ -72,7 +88,7 @@ def interpolate_1d(model_a: nn.Module, model_b: nn.Module, batches: Sequence[Bat
         ``{"alpha": [K], "loss": [K], "acc": [K] (percent), "n_samples": int}``.
     """
     loss_fn = loss_fn or F.cross_entropy
-    alphas = [float(a) for a in (np.linspace(0.0, 1.0, 11) if alphas is None else alphas)]
+    alphas = [float(a) for a in dry_points(np.linspace(0.0, 1.0, 11) if alphas is None else alphas)]
     sa, sb = model_a.state_dict(), model_b.state_dict()
     if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
         raise ValueError("model_a and model_b must have the same architecture")
@@ -157,6 +173,7 @@ def plane_2d(model: nn.Module, batches: Sequence[Batch], steps: int = 11, span: 
     work = copy.deepcopy(model).eval()
     d1, d2 = directions if directions is not None else filter_normalized_directions(work, seed, 2)
     base = {k: v.detach() for k, v in work.named_parameters()}
+    steps = min(steps, 3) if dry_run() else steps  # a dry run: 3 × 3 points
     coords = np.linspace(-span, span, steps)
     loss = np.zeros((steps, steps))
     acc = np.zeros((steps, steps))
