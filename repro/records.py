@@ -222,6 +222,16 @@ def _summary_agrees(claim: dict[str, Any], metric: dict[str, Any] | None) -> boo
     return int(ours.get("n", -1)) == fresh["n"]
 
 
+def _rows_agree(claim: dict[str, Any], metric: dict[str, Any], rows: list[dict[str, Any]]) -> bool:
+    """A claim that names an arm (and a baseline): are its per-seed values the paired rows?"""
+    def of(arm: str) -> dict[str, float]:
+        return {str(r["seed"]): r["value"] for r in rows if r["arm"] == arm and r["metric"] == claim["metric"]}
+    a = of(claim["arm"])
+    want = {s: a[s] - of(claim["baseline"])[s] for s in a if s in of(claim["baseline"])} if claim.get("baseline") else a
+    got = metric["per_seed"]
+    return set(got) == set(want) and all(abs(float(got[s]) - want[s]) <= 1e-9 * max(1.0, abs(want[s])) for s in want)
+
+
 def audit(rec: dict[str, Any], results: Path, chapters: Path | None = None,
           repo: Path | None = None) -> Audit:
     """Check ``rec`` (from :func:`load_records`) against its notebook, figures, numbers and
@@ -259,7 +269,10 @@ def audit(rec: dict[str, Any], results: Path, chapters: Path | None = None,
             if rid != rec["run_id"]:
                 a.integrity.append(f"figure {fig!r} comes from run {rid or '(unknown)'}, not this one")
     for c in rec["claims"]:
-        metric = rec["metrics"].get(c["metric"])
+        metric = rec["metrics"].get(c.get("key") or c["metric"])
+        if c.get("arm") and metric is not None and not _rows_agree(c, metric, rec.get("rows", [])):
+            a.integrity.append(f"claim {c['id']!r}: its per-seed values do not follow from the run's rows")
+            continue
         if not _summary_agrees(c, metric):
             a.integrity.append(f"claim {c['id']!r}: its summary does not follow from the per-seed values")
             continue

@@ -169,6 +169,26 @@ class Run:
         for name, v in values.items():
             self.metrics.setdefault(name, {})[str(seed)] = float(v)
 
+    def add_row(self, arm: str, seed: int, metric: str, value: float, n_test: int = 0) -> None:
+        """One tidy result row (the sweep writes these): ``metric`` of ``arm`` for ``seed``,
+        estimated on ``n_test`` test images (0: not a test-set estimate)."""
+        self.rows.append({"arm": str(arm), "seed": int(seed), "metric": str(metric), "value": float(value),
+                          "n_test": int(n_test)})
+
+    def claim_values(self, claim: Any) -> dict[str, float] | None:
+        """seed → the claim's value: its logged metric, or, for a claim that names an arm,
+        the arm's row minus the baseline's row of the same seed. None if nothing was found."""
+        if claim.arm is None:
+            return self.metrics.get(claim.metric)
+        def of(arm: str) -> dict[str, float]:
+            return {str(r["seed"]): r["value"] for r in self.rows if r["arm"] == arm and r["metric"] == claim.metric}
+        a = of(claim.arm)
+        if not claim.baseline:
+            return a or None
+        b = of(claim.baseline)
+        paired = {s: a[s] - b[s] for s in a if s in b}
+        return paired or None
+
     def note(self, **values: Any) -> None:
         """Keep extra JSON-serialisable facts in the record (histories, tables…)."""
         self.notes.update(values)
@@ -203,14 +223,23 @@ class Run:
 
         from .train import COST, WORK
 
+        from .metrics import mean_ci
+
         metrics = self.summaries()
-        missing = [c.metric for c in self.spec.claims if c.metric not in metrics]
+        missing = []
+        for c in self.spec.claims:
+            values = self.claim_values(c)
+            if values is None:
+                missing.append(c.key)
+            elif c.arm is not None:
+                s = mean_ci(list(values.values()))
+                metrics[c.key] = {"per_seed": values, **{k: s[k] for k in ("mean", "std", "ci_low", "ci_high", "n")}}
         if missing and not self.dry:
-            raise RecordError(f"{self.spec.name}: the run logged no value for claim metric(s) "
-                              f"{', '.join(missing)}; log them with run.log(seed, ...)")
+            raise RecordError(f"{self.spec.name}: the run has no value for claim metric(s) "
+                              f"{', '.join(missing)}; log them with run.log(seed, ...) or sweep the arms they name")
         claims = []
         for c in self.spec.claims:
-            ours = metrics.get(c.metric)
+            ours = metrics.get(c.key)
             if self.dry:
                 verdict, reason = None, "dry run: one step per job, never judged"
             else:
@@ -218,7 +247,7 @@ class Run:
             diff = None
             if ours is not None and c.paper_value is not None:
                 diff = ours["mean"] - c.paper_value
-            claims.append({**c.__dict__, "ours": None if ours is None else
+            claims.append({**c.__dict__, "key": c.key, "ours": None if ours is None else
                            {k: ours[k] for k in ("mean", "std", "ci_low", "ci_high", "n")},
                            "difference": diff, "verdict": verdict, "reason": reason})
         if self.device.type == "cuda":

@@ -8,7 +8,9 @@ One TOML file per paper, ``repro/papers/<slug>.toml``::
     [params]  name = { default = ..., help = "..." }      # the paper tier's values
     [tiers.smoke] / [tiers.cpu] / [tiers.gpu]   name = value overrides
     [[claims]] id, text, metric, kind ("effect" | "absolute"), direction ("higher" | "lower"),
-               paper_value (optional), tolerance, unit, source
+               paper_value (optional), tolerance, unit, source; arm and baseline (optional):
+               the claim is about ``metric`` of arm minus baseline, paired by seed, formed
+               from the tidy rows the family's sweep writes
 
 Every notebook's ``parameters`` cell carries the same names and defaults (a test checks).
 """
@@ -43,6 +45,17 @@ class Claim:
     tolerance: float = 1.0
     unit: str = "pts"
     source: str = ""
+    arm: str | None = None        # the metric of this arm (a row of the run's sweep)…
+    baseline: str | None = None   # …minus that of this one, paired by seed
+
+    @property
+    def key(self) -> str:
+        """The name the claim's per-seed values have in a record's metrics: ``metric`` for a
+        metric the chapter logs itself, ``metric:arm`` or ``metric:arm-baseline`` for one
+        formed from the sweep's rows."""
+        if self.arm is None:
+            return self.metric
+        return f"{self.metric}:{self.arm}" + (f"-{self.baseline}" if self.baseline else "")
 
 
 @dataclass(frozen=True)
@@ -184,7 +197,14 @@ def _load_spec(slug: str) -> PaperSpec:
             if k not in params:
                 raise ParameterError(f"{path.name}: tier {t} overrides unknown parameter {k}")
             check_type(path.name, k, v, params[k]["default"])
-    claims = [Claim(**c) for c in raw.get("claims", [])]
+    claims = []
+    for c in raw.get("claims", []):
+        try:
+            claims.append(Claim(**c))
+        except TypeError as exc:
+            raise ParameterError(f"{path.name}: claim {c.get('id', '?')!r}: {exc}") from None
+        if claims[-1].baseline and not claims[-1].arm:
+            raise ParameterError(f"{path.name}: claim {c.get('id')!r} names a baseline but no arm")
     return PaperSpec(number=int(info["number"]), slug=info["slug"], title=info["title"],
                      family=info.get("family", "other"), info=info, params=params, tiers=tiers,
                      claims=claims)
