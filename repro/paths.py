@@ -10,7 +10,8 @@ variable                  what                                        default
 ``REPRO_BOOK``            book pages; executed chapters in chapters/  ``<checkout>/book`` (*)
 ``REPRO_RUNS``            run folders (every run is staged here)      ``~/.cache/repro/runs``
 ``REPRO_CHECKPOINTS``     training checkpoints (resume)               ``~/.cache/repro/checkpoints``
-``REPRO_TEACHERS``        cached artifacts (teachers…)                ``~/.cache/repro/teachers``
+``REPRO_ARTIFACTS``       cached artifacts, one folder per kind       ``~/.cache/repro/artifacts``
+``REPRO_TEACHERS``        cached teachers (overrides the above)       ``<artifacts>/teachers``
 ========================  ==========================================  ============================
 
 (*) When ``REPRO_RESULTS`` is set and ``REPRO_BOOK`` is not, the book folder is
@@ -87,6 +88,3 @@ def runs_dir() -> Path:
 def checkpoints_dir() -> Path:
     return _env_or(CHECKPOINTS_ENV, cache_home() / "checkpoints")
 
-
-def teachers_dir() -> Path:
-    return _env_or(TEACHERS_ENV, cache_home() / "teachers")

@@ -16,7 +16,7 @@ SPEC = teachers.TeacherSpec(arch="cnn3", arch_kwargs={"width": 4}, classes=3, pe
 def tiny(fake_data, tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_TEACHERS", str(tmp_path / "teachers"))
     # the checkout's own committed teachers (artifacts/teachers) stay out of these tests
-    monkeypatch.setattr(teachers, "committed_dir", lambda: tmp_path / "committed")
+    monkeypatch.setattr(teachers.STORE, "committed_dir", lambda: tmp_path / "committed")
     monkeypatch.delenv("REPRO_DRY_RUN", raising=False)
     return load(classes=3, per_class=8, test_per_class=4, image_size=8)
 
@@ -27,7 +27,9 @@ def test_key_depends_on_spec_data_and_version(monkeypatch):
     assert k != SPEC.key("md5-b")
     other = teachers.TeacherSpec(**{**SPEC.as_dict(), "seed": 1})
     assert other.key("md5-a") != k
-    monkeypatch.setattr(teachers, "__version__", "9.9.9")
+    from repro import artifacts
+
+    monkeypatch.setattr(artifacts, "__version__", "9.9.9")
     assert SPEC.key("md5-a") != k
 
 
@@ -74,10 +76,12 @@ def test_dry_run_teacher_is_never_stored(tiny, monkeypatch):
 
 
 def test_commit_refuses_large_teachers(tiny, monkeypatch, tmp_path):
-    monkeypatch.setattr(teachers, "committed_dir", lambda: tmp_path / "committed")
+    monkeypatch.setattr(teachers.STORE, "committed_dir", lambda: tmp_path / "committed")
     t = teachers.get(SPEC, tiny)
     assert (teachers.commit(t) / "weights.pt").is_file()
-    monkeypatch.setattr(teachers, "COMMIT_LIMIT_BYTES", 10)
+    from repro import artifacts
+
+    monkeypatch.setattr(artifacts, "COMMIT_LIMIT_BYTES", 10)
     with pytest.raises(teachers.TeacherError, match="5 MB"):
         teachers.commit(t)
 
