@@ -36,10 +36,10 @@ def _runs(h: Sequence[Any]) -> list[History]:
     return [list(r) for r in h]
 
 
-def _series(run: History, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) over the epochs of one run that have both keys with finite values."""
+def _series(history: History, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) over the epochs of one training history that have both keys with finite values."""
     xs, ys = [], []
-    for i, row in enumerate(run):
+    for i, row in enumerate(history):
         xv = row.get(x, i if x == "index" else None)
         yv = row.get(y)
         if xv is None or yv is None:

@@ -1,0 +1,86 @@
+"""The package as users get it: a wheel loads every spec; layering; the parameters cell sync."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_a_wheel_built_from_the_repo_loads_every_spec(tmp_path):
+    """package-data must carry papers/*.toml and papers/protocols/*.toml: a non-editable
+    install of a chapter that uses a protocol would fail otherwise."""
+    from repro.papers import all_specs
+
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(wheels), str(ROOT)], check=True, capture_output=True, timeout=300)
+    [wheel] = wheels.glob("repro-*.whl")
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    code = ("import json, repro.papers as p; specs = p.all_specs(); "
+            "print(json.dumps({'file': p.__file__, 'specs': [s.name for s in specs], "
+            "'protocols': sorted({s.info['protocol'] for s in specs if s.info.get('protocol')})}))")
+    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {code}"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["file"].startswith(str(target))                       # the wheel's copy, not the checkout
+    assert got["specs"] == [s.name for s in all_specs()]
+    assert got["protocols"] == ["distillation", "incremental"]
+
+
+# Packages whose modules are algorithm code: they take typed configs, never the run.
+BELOW_THE_SWEEP = ["repro/layers", "repro/losses", "repro/models", "repro/plots", "repro/data", "repro/train.py",
+                   "repro/metrics.py", *[str(p.relative_to(ROOT)) for p in (ROOT / "repro" / "families").glob("*/arms")]]
+
+
+def _modules(paths: list[str]) -> list[Path]:
+    out = []
+    for rel in paths:
+        p = ROOT / rel
+        out += [p] if p.is_file() else sorted(p.rglob("*.py"))
+    return out
+
+
+@pytest.mark.parametrize("path", _modules(BELOW_THE_SWEEP), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_below_the_sweep_imports_the_run(path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            mod = (node.module or "")
+            names = {a.name for a in node.names}
+            assert not (mod.endswith("run") or mod.endswith("sweep") or mod == "repro.records"
+                        or "run" in names and mod in ("", "repro")), \
+                f"{path.name} imports the run machinery ({mod} {sorted(names)})"
+        if isinstance(node, ast.Import):
+            assert not any(a.name in ("repro.run", "repro.sweep") for a in node.names), path.name
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = [a.arg for a in node.args.args + node.args.kwonlyargs]
+            assert "run" not in args, f"{path.name}:{node.lineno} {node.name}() takes the run"
+
+
+def test_sync_rewrites_a_stale_parameters_cell(tmp_path, monkeypatch):
+    from repro import notebooks
+    from repro.papers import load_spec
+
+    src = ROOT / "notebooks" / "35-msdropout.ipynb"
+    copy = tmp_path / "notebooks" / src.name
+    copy.parent.mkdir()
+    nb = json.loads(src.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    code[0]["source"] = ["epochs = 1  # stale\n"]
+    copy.write_text(json.dumps(nb))
+    monkeypatch.setattr(notebooks, "project_root", lambda: tmp_path)
+    assert notebooks.sync_parameters("msdropout") == copy
+    fresh = json.loads(copy.read_text())
+    first = [c for c in fresh["cells"] if c["cell_type"] == "code"][0]
+    assert "".join(first["source"]) == load_spec("msdropout").parameters_source()
+    assert notebooks.sync_parameters("msdropout") is None          # in step now: nothing to do
