@@ -232,7 +232,7 @@ def test_verdict_badges_have_styles():
 
 
 def test_ensure_mathjax_copies_from_node_modules_or_explains(tmp_path, monkeypatch):
-    monkeypatch.setattr(book.shutil, "which", lambda name: None)       # no npm here
+    monkeypatch.setattr(book.site.shutil, "which", lambda name: None)  # no npm here
     with pytest.raises(RuntimeError, match="install Node.js/npm or copy tex-svg.js"):
         book.ensure_mathjax(tmp_path)
     src = tmp_path / ".cache-npm" / "node_modules" / "mathjax" / "es5" / "tex-svg.js"
