@@ -91,3 +91,50 @@ def test_sync_rewrites_a_stale_parameters_cell(tmp_path, monkeypatch):
     first = [c for c in fresh["cells"] if c["cell_type"] == "code"][0]
     assert "".join(first["source"]) == load_spec("msdropout").parameters_source()
     assert notebooks.sync_parameters("msdropout") is None          # in step now: nothing to do
+
+
+def _top_level_imports(path: Path, package: str) -> set[str]:
+    """repro modules a module imports at load time (imports inside functions are lazy: skipped)."""
+    tree = ast.parse(path.read_text())
+    here = package.split(".")
+    out = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod.startswith("repro"):
+                out.add(mod)
+                out.update(f"{mod}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("repro"))
+    return out
+
+
+def test_no_import_cycles():
+    """Module-level imports of the package form no cycle (records ↔ train was one)."""
+    modules = {}
+    for p in (ROOT / "repro").rglob("*.py"):
+        rel = p.relative_to(ROOT).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        pkg = name if rel.name == "__init__" else name.rsplit(".", 1)[0]
+        modules[name] = (p, pkg)
+    graph = {m: {d for d in _top_level_imports(p, pkg) if d in modules and d != m} for m, (p, pkg) in modules.items()}
+    # A package's __init__ importing its own submodules is not a cycle of the kind that bites.
+    graph = {m: {d for d in deps if not d.startswith(m + ".")} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for d in graph[m]:
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " → ".join(stack[stack.index(d):] + [d]))
+            if d not in state:
+                visit(d, stack + [d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
