@@ -9,7 +9,7 @@ import repro.arms
 from repro.families.training import protocol
 from repro.papers import load_spec
 
-CHAPTERS = {"msdropout": ["msdropout"], "hardbatch": ["hardbatch"]}
+CHAPTERS = {"msdropout": ["msdropout"], "hardbatch": ["hardbatch"], "ghostbn": ["ghostbn"]}
 TIERS = ["smoke", "cpu", "gpu", "paper"]
 
 
@@ -52,3 +52,14 @@ def test_hardbatch_arms_at_every_tier(tier):
     assert all(label.isidentifier() for label in arms)
     for c in load_spec("hardbatch").claims:  # every claim's arms are trained
         assert c.arm is None or (c.arm in arms and c.baseline in arms)
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_ghostbn_arms_at_every_tier(tier):
+    from repro.families.training.arms.ghostbn import arm_configs
+
+    params = load_spec("ghostbn").resolve(tier)
+    arms = arm_configs(params)
+    assert all(label.isidentifier() for label in arms)
+    for c in load_spec("ghostbn").claims:  # every claim's arms are trained
+        assert c.arm is None or (c.arm in arms and (c.baseline is None or c.baseline in arms))

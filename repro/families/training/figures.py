@@ -6,6 +6,8 @@ for ``run.figure``.
   :func:`plot_msd_epoch_time` (and the generic :func:`plot_vs_m`);
 * hard-batch selection (36): :func:`plot_hb_accuracy_vs_updates`, :func:`plot_hb_selection`,
   :func:`plot_hb_per_class_change`;
+* large batches, Ghost BN (41): :func:`plot_gbn_distance_and_accuracy`,
+  :func:`plot_gbn_error_vs_updates`, :func:`plot_gbn_interpolation`.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from ...plots import training_curves
 from ...plots.style import annotate_setting, jsonable, new_figure
+from .arms.ghostbn import LABELS as GBN_LABELS
+from .arms.ghostbn import distance_fit
 from .arms.hardbatch import SETTINGS as HB_SETTINGS
 
 # -- multi-sample dropout (chapter 35) -------------------------------------------------------
@@ -292,4 +296,134 @@ def plot_hb_per_class_change(arms: Sequence[Mapping[str, Any]], settings: Sequen
     axes[-1, 0].set_xlabel(f"class, from hardest to easiest (mean per-class test accuracy of δ = 1 and δ = {delta:g})")
     fig.suptitle(f"Per-class test accuracy: δ = {delta:g} minus δ = 1 (mean over seeds)")
     annotate_setting(fig, setting_caption)
+    return fig, data
+
+
+# -- large batches, Ghost BN (chapter 41) ------------------------------------------------------
+# ``results``: ``label → per-seed dicts`` of ``repro.families.training.arms.ghostbn.runs(result)``.
+
+
+def plot_gbn_interpolation(curves: Mapping[str, Mapping[str, Mapping[str, Any]]], setting: str):
+    """Loss (log scale) and accuracy along θ(α) = (1 − α)·θ_SB + α·θ_other.
+
+    curves: ``label → {"train": interpolate_1d result, "test": ...}``; solid = train,
+    dashed = test, one colour per endpoint model.
+    """
+
+    fig, (ax_l, ax_a) = new_figure(ncols=2, width=9.0, height=3.4)
+    data: dict[str, Any] = {"curves": {}, "setting": setting}
+    for i, (label, by_split) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        for split, style in (("train", "-"), ("test", "--")):
+            r = by_split[split]
+            ax_l.plot(r["alpha"], r["loss"], style, color=color, marker="o", markersize=2.5,
+                      label=f"{label} · {split}")
+            ax_a.plot(r["alpha"], r["acc"], style, color=color, marker="o", markersize=2.5,
+                      label=f"{label} · {split}")
+            data["curves"][f"{label} · {split}"] = {k: list(r[k]) for k in ("alpha", "loss", "acc")}
+            data["curves"][f"{label} · {split}"]["n_samples"] = r["n_samples"]
+    for ax in (ax_l, ax_a):
+        for endpoint in (0.0, 1.0):
+            ax.axvline(endpoint, color="0.6", linestyle=":", linewidth=1)
+        ax.set_xlabel(r"$\alpha$   ($\theta = (1-\alpha)\,\theta_{SB} + \alpha\,\theta_{other}$)")
+    ax_l.set_yscale("log")
+    ax_l.set_ylabel("cross-entropy loss (log scale)")
+    ax_a.set_ylabel("top-1 accuracy (%)")
+    ax_a.legend(fontsize=7)
+    fig.suptitle("Loss landscape between the small-batch (α = 0) and large-batch (α = 1) solutions")
+    annotate_setting(fig, setting)
+    return fig, data
+
+
+def _gbn_series(runs: Sequence[Mapping[str, Any]], x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
+    """x shared by the seeds (their logs have the same grid) and y stacked [seeds, points]."""
+    n = min(len(r[x]) for r in runs)
+    return np.asarray(runs[0][x][:n], dtype=float), np.asarray([r[y][:n] for r in runs], dtype=float)
+
+
+def plot_gbn_distance_and_accuracy(results: Mapping[str, Sequence[Mapping[str, Any]]], setting: str,
+                               fit_arm: str = "LB"):
+    """Key figure. Left: ‖w_t − w_0‖ against the number of updates on a log axis, one line
+    per arm (mean over seeds, band = min–max), with the log-t fit of ``fit_arm`` over its
+    initial phase (dashed, black). Right: final test top-1 per arm, bars = mean, dots = seeds."""
+
+    fig, (ax_d, ax_b) = new_figure(ncols=2, width=9.4, height=3.6, gridspec_kw={"width_ratios": [1.5, 1]})
+    data: dict[str, Any] = {"distance": {}, "accuracy": {}, "band": "min-max over seeds", "setting": setting}
+    for i, (arm, runs) in enumerate(results.items()):
+        color = f"C{i % 10}"
+        x, y = _gbn_series(runs, "dist_steps", "dist")
+        if x.size:
+            ax_d.plot(x, y.mean(0), color=color, label=f"{GBN_LABELS[arm]} (B={runs[0]['batch_size']})")
+            if len(runs) > 1:
+                ax_d.fill_between(x, y.min(0), y.max(0), color=color, alpha=0.2, linewidth=0)
+            drop = runs[0]["first_drop_update"]
+            if drop < runs[0]["updates"]:
+                ax_d.plot([drop], [np.interp(drop, x, y.mean(0))], marker="v", color=color, markersize=5)
+            data["distance"][arm] = {"updates": x.tolist(), "mean": y.mean(0).tolist(),
+                                     "min": y.min(0).tolist(), "max": y.max(0).tolist(),
+                                     "first_lr_drop": drop}
+        accs = [r["final_acc"] for r in runs]
+        ax_b.bar(i, np.mean(accs), width=0.65, color=color, alpha=0.55, edgecolor=color)
+        ax_b.scatter(i + np.linspace(-0.12, 0.12, len(accs)) if len(accs) > 1 else [i], accs,
+                     s=14, color="0.1", zorder=3)
+        data["accuracy"][arm] = {"per_seed": accs, "mean": float(np.mean(accs))}
+    if fit_arm in results:
+        fits = []
+        for r in results[fit_arm]:
+            try:
+                fits.append(distance_fit(r))
+            except ValueError:
+                pass
+        if fits:
+            a = float(np.mean([f["intercept"] for f in fits]))
+            k = float(np.mean([f["slope_per_decade"] for f in fits]))
+            t = np.geomspace(fits[0]["t_min"], fits[0]["t_max"], 50)
+            r2 = np.mean([f["r2_log"] for f in fits])
+            ax_d.plot(t, a + k * np.log10(t), "k--", linewidth=1.1,
+                      label=f"{GBN_LABELS[fit_arm]}: a + k·log t fit (R² {r2:.3f})")
+            data["fit"] = {"arm": fit_arm, "intercept": a, "slope_per_decade": k, "r2_log": float(r2),
+                           "t_min": fits[0]["t_min"], "t_max": fits[0]["t_max"]}
+    ax_d.set_xscale("log")
+    ax_d.set_xlabel("number of updates (log scale)")
+    ax_d.set_ylabel(r"$\|w_t - w_0\|_2$ (all parameters)")
+    ax_d.set_title("Distance from initialisation (▼ = first LR drop)")
+    ax_d.legend(fontsize=7)
+    ax_b.set_xticks(range(len(results)), [GBN_LABELS[a] for a in results])
+    ax_b.set_ylabel("final test top-1 (%)")
+    ax_b.set_title("Final accuracy (bars: mean, dots: seeds)")
+    ax_b.grid(axis="x", visible=False)
+    lo = min(min(v["per_seed"]) for v in data["accuracy"].values())
+    hi = max(max(v["per_seed"]) for v in data["accuracy"].values())
+    ax_b.set_ylim(max(0.0, lo - 0.25 * (hi - lo + 1) - 2), hi + 0.15 * (hi - lo + 1) + 1)
+    annotate_setting(fig, setting)
+    return fig, data
+
+
+def plot_gbn_error_vs_updates(results: Mapping[str, Sequence[Mapping[str, Any]]], arms: Sequence[str],
+                          setting: str):
+    """Test error (%) against the number of updates for ``arms`` (mean over seeds, band =
+    min–max; evaluations after every epoch). With regime adaptation the large batch takes as
+    many updates as the small one, and its curve should end where SB's ends."""
+
+    fig, ax = new_figure(width=5.6, height=3.6)
+    data: dict[str, Any] = {"series": {}, "band": "min-max over seeds", "setting": setting}
+    for i, arm in enumerate(results):
+        if arm not in {a.replace("+", "_") for a in arms}:  # labels, or Table 1's names
+            continue
+        runs = results[arm]
+        color = f"C{i % 10}"
+        hx = [{"step": [h["step"] for h in r["history"]], "err": [h["test_err"] for h in r["history"]]}
+              for r in runs]
+        x, y = _gbn_series(hx, "step", "err")
+        ax.plot(x, y.mean(0), color=color, marker="o", markersize=3,
+                label=f"{GBN_LABELS[arm]} (B={runs[0]['batch_size']}, {runs[0]['epochs']} ep)")
+        if len(runs) > 1:
+            ax.fill_between(x, y.min(0), y.max(0), color=color, alpha=0.2, linewidth=0)
+        data["series"][arm] = {"updates": x.tolist(), "mean": y.mean(0).tolist(),
+                               "min": y.min(0).tolist(), "max": y.max(0).tolist()}
+    ax.set_xlabel("number of updates (SGD steps)")
+    ax.set_ylabel("test error (%)")
+    ax.set_title("Test error vs updates (evaluated after every epoch)")
+    ax.legend()
+    annotate_setting(fig, setting)
     return fig, data

@@ -35,3 +35,16 @@ def hardbatch_table(runs: Sequence[Mapping[str, Any]]) -> str:
         rows.append([setting, f"{delta:g}", mine[0]["steps"][-1], f"{np.mean(accs):.2f}",
                      ", ".join(f"{v:.2f}" for v in accs)])
     return markdown_table(["setting", "δ", "updates", "final top-1 (mean)", "per seed"], rows, "lrrrl")
+
+
+def ghostbn_table(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """One row per arm: batch, lr, epochs, updates, final top-1 per seed and mean.
+
+    results: ``label → per-seed dicts`` of ``repro.families.training.arms.ghostbn.runs(result)``."""
+    rows = []
+    for arm, runs in results.items():
+        r0 = runs[0]
+        accs = [r["final_acc"] for r in runs]
+        rows.append([arm, r0["batch_size"], f"{r0['lr']:.4g}", r0["epochs"], r0["updates"],
+                     ", ".join(f"{a:.2f}" for a in accs) + f" ({np.mean(accs):.2f})"])
+    return markdown_table(["arm", "batch", "lr", "epochs", "updates", "top-1 per seed (mean)"], rows, "lrrrrl")
