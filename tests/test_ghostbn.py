@@ -9,7 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from repro.layers.ghost_bn import GhostBatchNorm1d, GhostBatchNorm2d, ghost_norm
-from repro.methods import large_batch as lb
+from repro.arms import make_config
+from repro.families.training.arms import ghostbn as lb
+from repro.plots.landscape import recalibrate_bn
 from repro.train import StepInfo, TrainConfig, lr_factor
 
 
@@ -154,9 +156,10 @@ def test_arms_batch_lr_epochs():
     got = {a: lb.arm_regime(a, base, 32, 128) for a in lb.ARMS}
     assert got["SB"] == (32, base)
     assert got["LB"] == (128, base)
-    assert got["LB+LR"][1].lr == pytest.approx(0.1) and got["LB+LR"][1].epochs == 3
-    assert got["LB+LR+GBN"][1] == got["LB+LR"][1]
-    ra = got["LB+LR+GBN+RA"][1]
+    assert got["LB_LR"][1].lr == pytest.approx(0.1) and got["LB_LR"][1].epochs == 3
+    assert got["LB_LR_GBN"][1] == got["LB_LR"][1]
+    assert lb.arm_regime("LB+LR+GBN+RA", base, 32, 128) == got["LB_LR_GBN_RA"]  # Table 1's names work too
+    ra = got["LB_LR_GBN_RA"][1]
     assert ra.lr == pytest.approx(0.1) and ra.epochs == 12 and ra.milestones == (6.0, 9.0)
     with pytest.raises(ValueError):
         lb.check_arms(["SB", "XL"])
@@ -197,14 +200,29 @@ def test_log_fit_tells_log_from_sqrt():
     assert g["r2_sqrt"] == pytest.approx(1.0) and g["r2_log"] < g["r2_sqrt"] and g["n"] == 9
 
 
-def test_seed_metrics_differences():
-    accs = {"SB": 60.0, "LB": 50.0, "LB+LR": 54.0, "LB+LR+GBN": 55.5, "LB+LR+GBN+RA": 61.0}
+def test_seed_metrics_are_the_distance_fits_only():
+    accs = {"SB": 60.0, "LB": 50.0, "LB_LR": 54.0, "LB_LR_GBN": 55.5, "LB_LR_GBN_RA": 61.0}
     by_arm = {a: {"final_acc": v, "dist_steps": [], "dist": [], "warmup_updates": 0,
                   "first_drop_update": 10} for a, v in accs.items()}
+    assert lb.seed_metrics(by_arm) == {}  # no distance log → no fit; accuracies are the sweep's rows
+    t = [2 ** k for k in range(1, 8)]
+    by_arm["LB"].update(dist_steps=t, dist=[2 + 3 * math.log10(s) for s in t], first_drop_update=128)
     m = lb.seed_metrics(by_arm)
-    assert m["gap_lb"] == 10.0 and m["lr_gain"] == 4.0 and m["gbn_gain"] == 1.5
-    assert m["ra_gain"] == 5.5 and m["ra_minus_sb"] == 1.0 and m["acc_lb_lr_gbn"] == 55.5
-    assert "dist_log_vs_sqrt_lb" not in m  # no distance log → no fit
+    assert m["dist_slope_lb"] == pytest.approx(3.0) and m["dist_r2_log_lb"] == pytest.approx(1.0)
+    assert m["dist_log_vs_sqrt_lb"] == pytest.approx(1.0 - m["dist_r2_sqrt_lb"])
+    assert "gap_lb" not in m and "acc_lb" not in m
+
+
+def test_arm_configs_and_labels():
+    params = {"arms": ["SB", "LB+LR+GBN", "LB_LR_GBN_RA"], "milestones": [1.5], "epochs": 2, "small_batch": 4,
+              "large_batch": 16, "ghost_size": 4, "model": "cnn3"}
+    arms = lb.arm_configs(params)
+    assert list(arms) == ["SB", "LB_LR_GBN", "LB_LR_GBN_RA"]
+    cfg = arms["LB_LR_GBN"][1]
+    assert cfg.column == "LB_LR_GBN" and cfg.milestones == (1.5,) and cfg.base_regime.epochs == 2
+    assert lb.metric_key("LB+LR+GBN") == lb.metric_key("LB_LR_GBN") == "lb_lr_gbn"
+    with pytest.raises(ValueError):
+        lb.arm_configs({**params, "arms": ["XL"]})
 
 
 def test_c3_shapes():
@@ -226,8 +244,10 @@ def test_run_arm_ra_matches_sb_updates():
     params = {"model": "cnn3", "image_size": 8, "small_batch": 8, "large_batch": 32, "ghost_size": 8,
               "epochs": 1, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0, "milestones": [0.5],
               "gamma": 0.1, "warmup_epochs": 0.0, "grad_clip_gbn": 5.0, "dist_every": 1}
-    sb = lb.run_arm("SB", data, params, seed=0, progress=False)
-    ra = lb.run_arm("LB+LR+GBN+RA", data, params, seed=0, progress=False)
+    job_sb = lb.train_ghostbn(make_config(lb.GhostBNConfig, params, column="SB"), data, 0)
+    job_ra = lb.train_ghostbn(make_config(lb.GhostBNConfig, params, column="LB+LR+GBN+RA"), data, 0)
+    sb, ra = job_sb.extra, job_ra.extra
+    assert job_ra.metrics == {"top1": ra["final_acc"]} and job_ra.n_test == 16 and job_ra.model is not None
     assert sb["updates"] == ra["updates"] == 8 and ra["epochs"] == 4 and ra["batch_size"] == 32
     assert ra["first_drop_update"] == sb["first_drop_update"] == 4
     assert ra["dist_steps"] == [1, 2, 3, 4, 5, 6, 7, 8] and len(ra["history"]) == 4
@@ -239,7 +259,7 @@ def test_recalibrate_bn_is_the_exact_average_over_batches():
     model = nn.Sequential(bn)
     b1 = torch.tensor([1.0, 3.0]).view(2, 1, 1, 1)   # mean 2, unbiased var 2
     b2 = torch.tensor([5.0, 9.0]).view(2, 1, 1, 1)   # mean 7, unbiased var 8
-    lb.recalibrate_bn(model, [(b1, None), (b2, None)])
+    recalibrate_bn(model, [(b1, None), (b2, None)])
     assert bn.running_mean.item() == pytest.approx(4.5) and bn.running_var.item() == pytest.approx(5.0)
     assert bn.momentum == 0.1 and not model.training
 

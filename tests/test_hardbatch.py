@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 from repro.data.loader import TensorLoader
-from repro.methods.hard_batches import HardBatchPlan, num_selected, speedup_pct, updates_to_reach
+from repro.families.training.arms.hardbatch import (HardBatchConfig, HardBatchPlan, arm_configs, arm_label,
+                                                    num_selected, speedup_pct, updates_to_reach)
 from repro.train import AllBatches, TrainConfig, fit
 
 
@@ -138,3 +139,18 @@ def test_updates_to_reach_and_speedup():
     arm = {"steps": [0, 10, 20], "test_acc": [0, 90, 95], "final_acc": 95.0}
     # target 90: baseline at 10 + (90 − 50) / 50 · 10 = 18, arm at 10 → 100 · 8 / 18
     assert speedup_pct(base, arm) == pytest.approx(100 * 8 / 18)
+
+
+def test_arm_labels_and_configs():
+    params = {"settings": ["paper", "standard"], "deltas": [1.0, 0.5, 0.2], "claim_delta": 0.5,
+              "model": "cnn3", "batch_size": 10, "epochs": 2, "lr": 0.005, "momentum": 0.9, "weight_decay": 0.0}
+    arms = arm_configs(params)
+    assert list(arms) == ["paper_all", "paper_hard", "paper_delta0_2",
+                          "standard_all", "standard_hard", "standard_delta0_2"]
+    cfg = arms["standard_delta0_2"][1]
+    assert (cfg.setting, cfg.delta, cfg.batch_size, cfg.model) == ("standard", 0.2, 10, "cnn3")
+    assert arm_label("paper", 0.25, 0.5) == "paper_delta0_25"
+    with pytest.raises(ValueError):
+        arm_configs({**params, "deltas": [0.5]})  # no baseline
+    with pytest.raises(ValueError):
+        HardBatchConfig(setting="mixed")

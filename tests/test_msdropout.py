@@ -12,8 +12,9 @@ from repro import models
 from repro.data import Dataset
 from repro.layers.multi_sample_dropout import (MultiSampleDropout, multi_sample_dropout_loss,
                                                multi_sample_logits)
-from repro.methods.multi_sample import (Arm, arms_for, epochs_to_reach, run_arm, seed_metrics,
-                                        step_time_benchmark)
+from repro.arms import make_config
+from repro.families.training.arms.msdropout import (MSDropoutConfig, arm_configs, epochs_to_reach,
+                                                    seed_metrics, step_time_benchmark, train_msdropout)
 
 
 class Tiny(nn.Module):
@@ -152,26 +153,34 @@ def test_bad_input():
 
 def test_arms_and_seed_metrics_by_hand():
     params = {"samples": [1, 8], "dropout": 0.5, "no_dropout_arm": True, "lr_control": 2.0}
-    arms = arms_for(params)
-    assert [a.label for a in arms] == ["M = 1", "M = 8", "no dropout", "M = 1, lr × 2"]
-    assert arms[3] == Arm(1, 0.5, 2.0) and len({a.key for a in arms}) == 4
+    arms = arm_configs(params)
+    assert list(arms) == ["M1", "Mmax", "no_dropout", "M1_lr_control"]
+    assert [c.label for _, c in arms.values()] == ["M = 1", "M = 8", "no dropout", "M = 1, lr × 2"]
+    c = arms["M1_lr_control"][1]
+    assert (c.m, c.dropout, c.lr_scale) == (1, 0.5, 2.0) and arms["Mmax"][1].m == 8
+    assert arms["no_dropout"][1].dropout == 0.0
+    assert list(arm_configs({"samples": [1, 2, 4], "dropout": 0.5})) == ["M1", "M2", "Mmax"]
 
     h1 = [{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "train_loss": 1.5}, {"epoch": 3, "train_loss": 1.1}]
     h8 = [{"epoch": 1, "train_loss": 1.4}, {"epoch": 2, "train_loss": 1.2}, {"epoch": 3, "train_loss": 1.0}]
-    rows = [{"M": 1, "dropout": 0.5, "lr_scale": 1.0, "seed": 0, "history": h1, "final_test_err": 40.0, "epoch_s": 2.0},
-            {"M": 8, "dropout": 0.5, "lr_scale": 1.0, "seed": 0, "history": h8, "final_test_err": 38.5, "epoch_s": 2.5},
-            {"M": 1, "dropout": 0.0, "lr_scale": 1.0, "seed": 0, "history": h8, "final_test_err": 30.0, "epoch_s": 1.0},
-            {"M": 1, "dropout": 0.5, "lr_scale": 2.0, "seed": 0, "history": h8, "final_test_err": 30.0, "epoch_s": 1.0}]
-    m = seed_metrics(rows, 0, [1, 8], loss_epoch=2, bench={1: 0.10, 8: 0.104}, steps_per_epoch=10)
-    assert m["train_loss_gain"] == pytest.approx(1.5 - 1.2)        # at epoch 2
-    assert m["test_err_gain"] == pytest.approx(1.5)                 # the references are ignored
+    base = {"M": 1, "history": h1, "epoch_s": 2.0}
+    top = {"M": 8, "history": h8, "epoch_s": 2.5}
+    m = seed_metrics(base, top, loss_epoch=2, bench={1: 0.10, 8: 0.104}, steps_per_epoch=10)
     assert m["overhead_pct"] == pytest.approx(4.0) and m["overhead_margin"] == pytest.approx(6.0)
     assert m["job_overhead_pct"] == pytest.approx(25.0)
     assert m["epochs_saved"] == pytest.approx(1.0)                  # M=1 reaches 1.5 at epoch 2, M=8 at 1
-    assert m["epoch_s_M8"] == pytest.approx(1.04) and m["test_err_M1"] == 40.0
+    assert m["epoch_s_M8"] == pytest.approx(1.04) and m["epoch_s_M1"] == pytest.approx(1.0)
+    # the differences of two arms' values are the claims' paired rows, not metrics of their own
+    assert "test_err_gain" not in m and "train_loss_gain" not in m
     # without a benchmark the overhead comes from the jobs' epoch times
-    assert seed_metrics(rows, 0, [1, 8], 2)["overhead_pct"] == pytest.approx(25.0)
+    assert seed_metrics(base, top, 2)["overhead_pct"] == pytest.approx(25.0)
     assert epochs_to_reach(h8, "train_loss", 1.25) == 2 and epochs_to_reach(h1, "train_loss", 1.0) is None
+
+
+def test_loss_epoch():
+    assert MSDropoutConfig(epochs=2, loss_epoch_frac=0.5).loss_epoch == 1
+    assert MSDropoutConfig(epochs=12, loss_epoch_frac=0.5).loss_epoch == 6
+    assert MSDropoutConfig(epochs=1, loss_epoch_frac=0.1).loss_epoch == 1
 
 
 def _tiny_data() -> Dataset:
@@ -186,11 +195,13 @@ PARAMS = {"model": "cnn3_mlp", "dropout": 0.5, "epochs": 1, "batch_size": 8, "lr
           "weight_decay": 5e-4, "loss_mode": "loss_avg"}
 
 
-def test_run_arm_and_benchmark_run_on_a_tiny_set(tmp_path):
-    a = run_arm(2, _tiny_data(), PARAMS, seed=0, checkpoint_dir=tmp_path / "ck")
-    assert a["M"] == 2 and len(a["history"]) == 1
-    assert a["final_test_err"] == pytest.approx(100 - a["history"][0]["test_acc"])
-    again = run_arm(2, _tiny_data(), PARAMS, seed=0, checkpoint_dir=tmp_path / "ck")  # loaded, not retrained
-    assert again["history"] == a["history"]
-    bench = step_time_benchmark(_tiny_data(), PARAMS, 0, [1, 4], steps=1, rounds=1)
+def test_arm_and_benchmark_run_on_a_tiny_set(tmp_path):
+    cfg = make_config(MSDropoutConfig, PARAMS, m=2)
+    a = train_msdropout(cfg, _tiny_data(), 0, tmp_path / "ck")
+    assert a.extra["M"] == 2 and len(a.extra["history"]) == 1 and a.n_test == 8
+    assert a.metrics["test_err"] == pytest.approx(100 - a.extra["history"][0]["test_acc"])
+    assert a.metrics["train_loss"] == a.extra["history"][0]["train_loss"]
+    again = train_msdropout(cfg, _tiny_data(), 0, tmp_path / "ck")  # loaded, not retrained
+    assert again.extra["history"] == a.extra["history"]
+    bench = step_time_benchmark(cfg, _tiny_data(), 0, [1, 4], steps=1, rounds=1)
     assert set(bench) == {1, 4} and all(v > 0 for v in bench.values())

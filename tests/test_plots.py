@@ -1,4 +1,5 @@
 """repro.plots: figures come back with JSON-serialisable data; landscape maths checked."""
+import copy
 import json
 
 import matplotlib
@@ -12,6 +13,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from repro import metrics  # noqa: E402
+from repro.plots.landscape import recalibrate_bn  # noqa: E402
 from repro.plots import (annotate_setting, attention_grid, attention_rollout, bar_with_errors,  # noqa: E402
                          filter_normalized_directions, interpolate_1d, new_figure, plane_2d,
                          plot_1d, plot_2d, reliability_diagram, roc_plot, save, training_curves)
@@ -131,6 +133,75 @@ def test_interpolate_1d_endpoints_and_models_unchanged():
     fig, data = plot_1d({"a→b": r}, SETTING)
     _check(fig, data)
     assert data["curves"]["a→b"]["loss"] == r["loss"]
+
+
+def _bn_net(seed):
+    """Linear(3 → 4) → BatchNorm1d(4) → ReLU → Linear(4 → 2), with non-trivial BN statistics."""
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        m.train()
+        for _ in range(2):
+            m(torch.randn(6, 3) * 2 + seed)
+    return m.eval()
+
+
+def _bn_batches():
+    g = torch.Generator().manual_seed(5)
+    return [(torch.randn(6, 3, generator=g) + 1, torch.randint(0, 2, (6,), generator=g)) for _ in range(3)]
+
+
+def _by_hand(m, batches, eval_batches):
+    """Loss of ``m`` with BN statistics computed by hand from ``batches``: the mean over batches
+    of each batch's mean and unbiased variance of the first layer's outputs (momentum None)."""
+    with torch.no_grad():
+        hs = [m[0](x) for x, _ in batches]
+        mean = torch.stack([h.mean(0) for h in hs]).mean(0)
+        var = torch.stack([h.var(0, unbiased=True) for h in hs]).mean(0)
+        ref = copy.deepcopy(m).eval()
+        ref[1].running_mean.copy_(mean)
+        ref[1].running_var.copy_(var)
+    return _direct_loss(ref, eval_batches), (mean, var)
+
+
+def test_interpolate_1d_with_bn_reestimation_by_hand():
+    a, b = _bn_net(0), _bn_net(1)
+    snap_a, snap_b = _snapshot(a), _snapshot(b)
+    bn, ev = _bn_batches(), _bn_batches()[:2]
+    # without re-estimation: the endpoints are the two models as they are
+    r = interpolate_1d(a, b, ev, alphas=[0.0, 1.0])
+    assert r["bn"] == "interpolate"
+    assert r["loss"][0] == pytest.approx(_direct_loss(_bn_net(0), ev)[0], rel=1e-6)
+    assert r["loss"][1] == pytest.approx(_direct_loss(_bn_net(1), ev)[0], rel=1e-6)
+    # with re-estimation: the endpoints' weights, running statistics from the batches
+    r = interpolate_1d(a, b, ev, alphas=[0.0, 1.0], bn_batches=bn)
+    _unchanged(a, snap_a)
+    _unchanged(b, snap_b)
+    assert r["bn"] == "recalibrate" and r["n_samples"] == 12
+    (loss0, acc0), _ = _by_hand(_bn_net(0), bn, ev)
+    (loss1, acc1), _ = _by_hand(_bn_net(1), bn, ev)
+    assert r["loss"] == pytest.approx([loss0, loss1], rel=1e-5)
+    assert r["acc"] == pytest.approx([acc0, acc1])
+    # several evaluation sets at once: one re-estimation per α, the same numbers
+    both = interpolate_1d(a, b, {"train": bn, "test": ev}, alphas=[0.0, 1.0], bn_batches=bn)
+    assert both["test"]["loss"] == r["loss"] and both["train"]["n_samples"] == 18
+    # halfway: the lerped weights, then the statistics of those weights
+    mid = _bn_net(0)
+    mid.load_state_dict({k: torch.lerp(v.float(), _bn_net(1).state_dict()[k].float(), 0.5) if v.is_floating_point()
+                         else v for k, v in _bn_net(0).state_dict().items()})
+    (loss_mid, _), _ = _by_hand(mid, bn, ev)
+    assert interpolate_1d(a, b, ev, alphas=[0.5], bn_batches=bn)["loss"][0] == pytest.approx(loss_mid, rel=1e-5)
+
+
+def test_recalibrate_bn_running_stats_equal_the_batches():
+    m = _bn_net(0)
+    bn = _bn_batches()
+    _, (mean, var) = _by_hand(m, bn, bn)
+    recalibrate_bn(m, bn)
+    assert not m.training
+    assert torch.allclose(m[1].running_mean, mean, atol=1e-6)
+    assert torch.allclose(m[1].running_var, var, atol=1e-6)
+    assert m[1].momentum == 0.1  # restored
 
 
 def test_filter_normalised_directions():

@@ -86,3 +86,5 @@ def create(name: str, num_classes: int = 100, **kw) -> nn.Module:
 from repro.models import resnet_cifar, small, vit, wrn  # noqa: E402,F401
 
 __all__ = ["available", "create", "register"]
+
+from repro.models import c3  # noqa: E402,F401

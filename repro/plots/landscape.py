@@ -1,7 +1,9 @@
 """Loss-landscape probes for torch classifiers: 1-D interpolation and 2-D random planes.
 
 * ``interpolate_1d``: loss and accuracy along ``θ(α) = (1 − α) θ_a + α θ_b`` (Goodfellow
-  et al. 2015), BatchNorm running statistics interpolated with the weights.
+  et al. 2015), BatchNorm running statistics interpolated with the weights or, given
+  ``bn_batches``, re-estimated at every α (``recalibrate_bn``); ``subset_batches`` draws the
+  fixed evaluation subsets.
 * ``plane_2d``: loss on ``θ* + a·d1 + b·d2`` with *filter-normalised* random directions
   (Li et al. 2018), so that scale-invariant layers (conv + BN) are compared fairly.
 
@@ -69,33 +71,88 @@ def _evaluate(model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn,
     return loss_sum / n, 100.0 * correct / n
 
 
-def interpolate_1d(model_a: nn.Module, model_b: nn.Module, batches: Sequence[Batch],
-                   alphas: Iterable[float] | None = None,
-                   loss_fn: LossFn | None = None) -> dict[str, Any]:
+def subset_batches(data: Any, split: str, n: int, device: torch.device | str = "cpu",
+                   batch_size: int = 1000) -> list[Batch]:
+    """A fixed, un-augmented subset of ``n`` images of ``split`` (``"train"`` or ``"test"``)
+    of a ``repro.data.Dataset``: the first ``n`` of a permutation seeded with 0 (``n ≤ 0`` =
+    all), as a list of ``(x, y)`` batches of ``batch_size`` on ``device`` (one batch in a dry
+    run, as every evaluation there)."""
+    from ..data.loader import TensorLoader
+
+    x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    idx = idx[: n] if n > 0 else idx
+    if dry_run():
+        idx = idx[:batch_size]
+    return list(TensorLoader(x[idx], y[idx], batch_size, device, train=False))  # no shuffle/augment
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[Batch]) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics of ``model`` (in place) as the exact
+    average over ``batches`` (``(x, y)`` pairs; ``y`` is not used), then put the model in eval
+    mode.
+
+    Only the norm layers run in training mode (dropout stays off); a Ghost BN does so by
+    ghost batches, as it would in training. A dry run uses the first batch only.
+    """
+    model.eval()
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: every batch counts the same
+        m.train()
+    dev = _device(model)
+    for x, _ in itertools.islice(batches, 1 if dry_run() else None):  # a dry run: one batch
+        model(x.to(dev))
+        WORK["eval_batches"] += 1
+    for m, mom in zip(norms, saved):
+        m.momentum = mom
+    return model.eval()
+
+
+def interpolate_1d(model_a: nn.Module, model_b: nn.Module,
+                   batches: Sequence[Batch] | Mapping[str, Sequence[Batch]],
+                   alphas: Iterable[float] | None = None, loss_fn: LossFn | None = None,
+                   bn_batches: Sequence[Batch] | None = None) -> dict[str, Any]:
     """Loss and accuracy along the straight line between two models' weights.
 
     Args:
         model_a, model_b: the same architecture; ``θ(α) = (1 − α) θ_a + α θ_b`` for every
-            floating-point parameter *and buffer* (BN running mean/var are interpolated too,
-            since eval-mode BN uses them; integer buffers such as ``num_batches_tracked``
-            are taken from ``model_a``).
-        batches: list of ``(x [B, ...], y [B])`` evaluated at every α (same data each time).
+            floating-point parameter *and buffer* (integer buffers such as
+            ``num_batches_tracked`` are taken from ``model_a``).
+        batches: list of ``(x [B, ...], y [B])`` evaluated at every α (same data each time),
+            or ``name → list`` of several such sets (e.g. ``{"train": …, "test": …}``), all
+            evaluated at every α with the same weights (and the same re-estimated statistics).
         alphas: points to evaluate; default ``linspace(0, 1, 11)``. Values outside [0, 1]
-            extrapolate.
+            extrapolate. A dry run keeps 3 of them (``dry_points``).
         loss_fn: ``(logits, y) -> mean loss``; default cross-entropy.
+        bn_batches: None (default): the BN running mean/var are interpolated with the
+            weights (eval-mode BN uses them; an extrapolated variance is clamped at 0).
+            A list of ``(x, y)`` batches: at every α the running statistics are re-estimated
+            as the exact average over these batches (``recalibrate_bn``) before evaluating.
+            The statistics stored with θ_a and θ_b describe the activations of those weights
+            only; interpolating them is harmless between the ends but breaks down outside
+            [0, 1], where an extrapolated running variance can reach zero and the loss
+            explodes for a reason that has nothing to do with the landscape.
 
     Returns:
-        ``{"alpha": [K], "loss": [K], "acc": [K] (percent), "n_samples": int}``.
+        ``{"alpha": [K], "loss": [K], "acc": [K] (percent), "n_samples": int, "bn":
+        "interpolate" | "recalibrate"}``; for a mapping of batch sets, ``name →`` such a dict.
     """
     loss_fn = loss_fn or F.cross_entropy
     alphas = [float(a) for a in dry_points(np.linspace(0.0, 1.0, 11) if alphas is None else alphas)]
+    named = dict(batches) if isinstance(batches, Mapping) else {"": batches}
     sa, sb = model_a.state_dict(), model_b.state_dict()
     if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
         raise ValueError("model_a and model_b must have the same architecture")
     dev = _device(model_a)
     work = copy.deepcopy(model_a).eval()
     sb = {k: v.to(dev) for k, v in sb.items()}
-    losses, accs = [], []
+    bn = "interpolate" if bn_batches is None else "recalibrate"
+    out = {name: {"alpha": alphas, "loss": [], "acc": [], "bn": bn,
+                  "n_samples": sum(int(y.shape[0]) for _, y in b)} for name, b in named.items()}
     for a in alphas:
         state = {}
         for k, va in sa.items():
@@ -107,11 +164,13 @@ def interpolate_1d(model_a: nn.Module, model_b: nn.Module, batches: Sequence[Bat
             else:
                 state[k] = va
         work.load_state_dict(state)
-        loss, acc = _evaluate(work, batches, loss_fn)
-        losses.append(loss)
-        accs.append(acc)
-    n = sum(int(y.shape[0]) for _, y in batches)
-    return {"alpha": alphas, "loss": losses, "acc": accs, "n_samples": n}
+        if bn_batches is not None:
+            recalibrate_bn(work, bn_batches)
+        for name, b in named.items():
+            loss, acc = _evaluate(work, b, loss_fn)
+            out[name]["loss"].append(loss)
+            out[name]["acc"].append(acc)
+    return out if isinstance(batches, Mapping) else out[""]
 
 
 def filter_normalized_directions(model: nn.Module, seed: int = 0, n: int = 2,

@@ -1,4 +1,4 @@
-"""Training on the highest-loss mini-batches (Sahayam, Zakkam & Jayaraman 2023, "DyBAT").
+"""Hard-batch selection: training on the highest-loss mini-batches (Sahayam, Zakkam & Jayaraman 2023, "DyBAT").
 
 The method, as the authors' ``run.py`` implements it:
 
@@ -32,6 +32,11 @@ Two settings (``SETTINGS``): the **paper** setting (fixed partition, no augmenta
 **standard** setting (crop/flip augmentation, partition redrawn every round). After a redraw
 each position holds new images, so the recorded score of a position describes images it no
 longer holds: in the standard setting the selection is by stale scores.
+
+Sweep labels (:func:`arm_configs`): ``<setting>_all`` for δ = 1 (the baseline),
+``<setting>_hard`` for δ = ``claim_delta`` (the arm the claims compare with it) and
+``<setting>_delta0_2`` for any other δ; e.g. ``paper_all``, ``paper_hard``, ``standard_hard``.
+Each job's metric: ``top1`` (final test top-1, %).
 """
 from __future__ import annotations
 
@@ -45,8 +50,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..data.loader import TensorLoader
-from ..train import TrainConfig, evaluate, fit, predict
+from ....arms import arm, make_config
+from ....data.loader import TensorLoader
+from ....sweep import Job, SweepResult
+from ....train import evaluate, fit, predict
+from ..protocol import TrainingConfig, train_config
+
+NAME = "hardbatch"
 
 
 @dataclass(frozen=True)
@@ -203,6 +213,46 @@ class HardBatchPlan:
 
 
 # -- one arm ------------------------------------------------------------------------------
+
+
+@dataclass
+class HardBatchConfig(TrainingConfig):
+    """One hard-batch setting: δ and the setting (``paper`` or ``standard``), plus the recipe."""
+
+    model: str = "timm:resnet18"
+    batch_size: int = 512
+    epochs: int = 100             # update budget: epochs × B updates for every δ
+    lr: float = 0.005             # constant (run.py: no scheduler)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    delta: float = 1.0            # fraction of batches trained on per round (1 = plain training)
+    setting: str = "paper"        # a key of SETTINGS
+
+    def __post_init__(self) -> None:
+        num_selected(self.delta, 1)  # validates delta
+        if self.setting not in SETTINGS:
+            raise ValueError(f"setting must be one of {', '.join(SETTINGS)}, not {self.setting!r}")
+
+
+def arm_label(setting: str, delta: float, claim_delta: float) -> str:
+    """``paper_all`` (δ = 1), ``paper_hard`` (δ = claim_delta), ``paper_delta0_2`` (others)."""
+    if delta == 1.0:
+        return f"{setting}_all"
+    if delta == claim_delta:
+        return f"{setting}_hard"
+    return f"{setting}_delta{delta:g}".replace(".", "_")
+
+
+def arm_configs(params: Mapping[str, Any]) -> dict[str, tuple[str, HardBatchConfig]]:
+    """The chapter's arms, ``label → (arm name, config)``: every setting × δ, in the order
+    settings, then δ as listed. params: ``settings``, ``deltas``, ``claim_delta`` and every
+    field of :class:`HardBatchConfig`."""
+    check_arms(params["deltas"], params["claim_delta"], params["settings"])
+    return {arm_label(s, float(d), float(params["claim_delta"])):
+            (NAME, make_config(HardBatchConfig, params, setting=s, delta=float(d)))
+            for s in params["settings"] for d in params["deltas"]}
+
+
 def build_model(name: str, num_classes: int) -> nn.Module:
     """A registry model (``repro.models``) or, with the prefix ``timm:``, a timm model from
     scratch (the paper's ``timm.create_model(arch, pretrained=False)``)."""
@@ -210,7 +260,7 @@ def build_model(name: str, num_classes: int) -> nn.Module:
         import timm
 
         return timm.create_model(name[5:], pretrained=False, num_classes=num_classes)
-    from .. import models
+    from .... import models
 
     return models.create(name, num_classes=num_classes)
 
@@ -227,42 +277,38 @@ def train_loader(data: Any, setting: str, batch_size: int, device: torch.device 
                        drop_last=True)
 
 
-def run_arm(delta: float, setting: str, data: Any, params: Mapping[str, Any], seed: int,
-            checkpoint_dir: str | Path | None = None, device: torch.device | str = "cpu",
-            progress: bool = True) -> dict[str, Any]:
-    """Train one arm (δ, setting, seed) for ``epochs × B`` updates and evaluate it.
+@arm(NAME, family="training", config=HardBatchConfig)
+def train_hardbatch(cfg: HardBatchConfig, data: Any, seed: int, checkpoint_dir: str | Path | None = None,
+                    device: torch.device | str = "cpu") -> Job:
+    """Hard batches: train on the ⌊δ·B⌋ highest-loss batches of each round, ``epochs × B`` updates.
 
-    params: ``model``, ``batch_size``, ``epochs``, ``lr``, ``momentum``, ``weight_decay``.
-    checkpoint_dir: fit's resume folder (a finished arm is loaded, not retrained).
-
-    Returns a JSON-friendly dict: ``steps`` and ``test_acc`` (top-1 %, at update 0 and
-    after every B updates), ``final_acc``, ``per_class_acc`` ([K] %), ``counts`` ([B]
-    updates per batch position), ``rounds`` (selection log), ``num_batches``, ``wall_s``.
+    Job metric: ``top1`` (final test top-1, %). extra (JSON-friendly): ``steps`` and
+    ``test_acc`` (top-1 %, at update 0 and after every B updates), ``final_acc``,
+    ``per_class_acc`` ([K] %), ``counts`` ([B] updates per batch position), ``rounds``
+    (selection log), ``num_batches``, ``delta``, ``setting``, ``wall_s``.
     """
-    if setting not in SETTINGS:
-        raise ValueError(f"setting must be one of {', '.join(SETTINGS)}, not {setting!r}")
     device = torch.device(device)
     torch.manual_seed(seed)  # the initial weights depend on the seed only
-    model = build_model(params["model"], data.num_classes).to(device)
-    train = train_loader(data, setting, params["batch_size"], device, seed)
+    model = build_model(cfg.model, data.num_classes).to(device)
+    train = train_loader(data, cfg.setting, cfg.batch_size, device, seed)
     test = data.loader("test", 1024, device)
     init = evaluate(model, test)  # update 0 of the accuracy curve
-    plan = HardBatchPlan(delta, reshuffle=SETTINGS[setting].reshuffle)
-    cfg = TrainConfig(epochs=params["epochs"], optimizer="sgd", lr=params["lr"], momentum=params["momentum"],
-                      weight_decay=params["weight_decay"], schedule="constant",  # run.py: no scheduler
-                      progress=progress, desc=f"{setting} δ={delta:g} seed {seed}")
-    res = fit(model, train, test, cfg, plan=plan, checkpoint_dir=checkpoint_dir)
+    plan = HardBatchPlan(cfg.delta, reshuffle=SETTINGS[cfg.setting].reshuffle)
+    tc = train_config(cfg, optimizer="sgd", schedule="constant",  # run.py: no scheduler
+                      desc=f"{cfg.setting} δ={cfg.delta:g} seed {seed}")
+    res = fit(model, train, test, tc, plan=plan, checkpoint_dir=checkpoint_dir)
     logits, y = predict(res.model, test)
     pred = logits.argmax(1)
     per_class = [float((pred[y == c] == c).float().mean() * 100) for c in range(data.num_classes)]
-    return {
-        "delta": float(delta), "setting": setting, "seed": int(seed), "num_batches": len(train),
+    final = float(res.history[-1]["test_acc"])
+    extra = {
+        "delta": float(cfg.delta), "setting": cfg.setting, "num_batches": len(train),
         "steps": [0] + [int(h["step"]) for h in res.history],
         "test_acc": [init["acc"]] + [float(h["test_acc"]) for h in res.history],
-        "final_acc": float(res.history[-1]["test_acc"]),
-        "per_class_acc": per_class, "counts": list(plan.counts), "rounds": plan.rounds,
+        "final_acc": final, "per_class_acc": per_class, "counts": list(plan.counts), "rounds": plan.rounds,
         "wall_s": res.train_seconds,
     }
+    return Job.from_fits([res], {"top1": final}, n_test=len(data.y_test), extra=extra)
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -298,156 +344,30 @@ def check_arms(deltas: Sequence[float], claim_delta: float, settings: Sequence[s
         raise ValueError(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
 
 
-def seed_metrics(arms: Sequence[Mapping[str, Any]], seed: int, claim_delta: float,
-                 frac: float = 0.9) -> dict[str, float]:
-    """Per-seed numbers for the run record.
-
-    ``acc_gain_<setting>_setting`` = final top-1 of δ = claim_delta minus that of δ = 1 (pts);
-    ``updates_saved_pct`` (paper setting) and ``updates_saved_pct_standard``: see
-    ``speedup_pct``; ``acc_<setting>_delta<δ>``: final top-1 of every arm.
-    """
+def updates_saved(result: SweepResult, seed: int, settings: Sequence[str], frac: float = 0.9) -> dict[str, float]:
+    """One seed's ``updates_saved_pct`` (paper setting) and ``updates_saved_pct_<setting>``
+    (others): :func:`speedup_pct` of ``<setting>_hard`` against ``<setting>_all`` — not a
+    difference of two arms' values, so a metric of its own."""
     out: dict[str, float] = {}
-    mine = {(a["setting"], a["delta"]): a for a in arms if a["seed"] == seed}
-    for (setting, delta), a in sorted(mine.items()):
-        out[f"acc_{setting}_delta{delta:g}"] = a["final_acc"]
-    for setting in SETTINGS:
-        base, arm = mine.get((setting, 1.0)), mine.get((setting, float(claim_delta)))
-        if base is None or arm is None:
+    by = {(j["arm"], j["seed"]): j["extra"] for j in result.jobs}
+    for setting in settings:
+        base, hard = by.get((f"{setting}_all", seed)), by.get((f"{setting}_hard", seed))
+        if base is None or hard is None:
             continue
-        out[f"acc_gain_{setting}_setting"] = arm["final_acc"] - base["final_acc"]
         key = "updates_saved_pct" if setting == "paper" else f"updates_saved_pct_{setting}"
-        out[key] = speedup_pct(base, arm, frac)
+        out[key] = speedup_pct(base, hard, frac)
     return out
 
 
-def summary_lines(arms: Sequence[Mapping[str, Any]]) -> str:
-    """Final test top-1 per (setting, δ): mean over seeds and the per-seed values."""
-    keys = sorted({(a["setting"], a["delta"]) for a in arms}, key=lambda k: (k[0], -k[1]))
-    lines = [f"{'setting':<10} {'δ':>5} {'updates':>8} {'final top-1 (mean)':>19}  per seed"]
-    for setting, delta in keys:
-        runs = sorted(_by(arms, setting, delta), key=lambda a: a["seed"])
-        accs = [r["final_acc"] for r in runs]
-        lines.append(f"{setting:<10} {delta:>5g} {runs[0]['steps'][-1]:>8d} {np.mean(accs):>19.2f}  "
-                     + ", ".join(f"{v:.2f}" for v in accs))
-    return "\n".join(lines)
+# -- chapter glue (at the level of the sweep) ---------------------------------------------------
 
 
-# -- figures ----------------------------------------------------------------------------------
-def _by(arms: Sequence[Mapping[str, Any]], setting: str, delta: float) -> list[Mapping[str, Any]]:
-    return [a for a in arms if a["setting"] == setting and a["delta"] == delta]
+def runs(result: SweepResult) -> list[dict[str, Any]]:
+    """Every job as one dict (its extra plus ``arm`` and ``seed``), for figures and tables."""
+    return [{**j["extra"], "arm": j["arm"], "seed": j["seed"]} for j in result.jobs]
 
 
-def plot_accuracy_vs_updates(arms: Sequence[Mapping[str, Any]], settings: Sequence[str],
-                             deltas: Sequence[float], setting_caption: str, frac: float = 0.9):
-    """Key figure: test top-1 vs number of updates, one panel per setting, one line per δ
-    (mean over seeds, band = min–max). A dotted line marks ``frac`` × the δ = 1 final accuracy."""
-    from ..plots.style import annotate_setting, new_figure
-
-    fig, axes = new_figure(ncols=len(settings), squeeze=False, sharey=True)
-    data: dict[str, Any] = {"band": "min-max over seeds", "series": {}}
-    low = math.inf  # the lowest accuracy after update 0: the y-axis starts just below it
-    for ax, setting in zip(axes[0], settings):
-        data["series"][setting] = {}
-        for i, delta in enumerate(sorted(deltas, reverse=True)):
-            runs = _by(arms, setting, delta)
-            if not runs:
-                continue
-            x = np.asarray(runs[0]["steps"])
-            y = np.asarray([r["test_acc"] for r in runs])  # [seeds, evals]
-            color = f"C{i % 10}"
-            label = f"δ = {delta:g}" + (" (baseline)" if delta == 1.0 else "")
-            ax.plot(x, y.mean(0), color=color, marker="o", markersize=2.5, label=label)
-            if len(runs) > 1:
-                ax.fill_between(x, y.min(0), y.max(0), color=color, alpha=0.2, linewidth=0)
-            low = min(low, float(y[:, 1:].min()) if y.shape[1] > 1 else float(y.min()))
-            data["series"][setting][f"{delta:g}"] = {"x": x.tolist(), "mean": y.mean(0).tolist(),
-                                                    "min": y.min(0).tolist(), "max": y.max(0).tolist(),
-                                                    "n": len(runs)}
-        base = _by(arms, setting, 1.0)
-        if base:
-            level = frac * float(np.mean([b["final_acc"] for b in base]))
-            ax.axhline(level, color="0.5", linestyle=":", linewidth=1,
-                       label=f"{frac:.0%} of baseline final")
-        ax.set_title(SETTINGS[setting].label)
-        ax.set_xlabel("number of updates (SGD steps)")
-        ax.legend(loc="lower right")
-    axes[0][0].set_ylabel("test top-1 accuracy (%)")
-    if math.isfinite(low):  # zoom on the comparison; the curves start from update 0 below
-        axes[0][0].set_ylim(bottom=max(0.0, low - 3.0))
-    annotate_setting(fig, setting_caption)
-    return fig, data
-
-
-def plot_selection(arms: Sequence[Mapping[str, Any]], settings: Sequence[str], delta: float,
-                   setting_caption: str):
-    """(a) how many updates each batch position received (pass 1 included), all seeds pooled;
-    (b) mean recorded loss of the selected vs the unselected batches at each round's start."""
-    from ..plots.style import annotate_setting, new_figure
-
-    fig, (ax1, ax2) = new_figure(ncols=2)
-    data: dict[str, Any] = {"delta": delta, "counts": {}, "rounds": {}}
-    for i, setting in enumerate(settings):
-        runs = _by(arms, setting, delta)
-        if not runs:
-            continue
-        color = f"C{i % 10}"
-        counts = np.concatenate([np.asarray(r["counts"]) for r in runs])
-        bins = np.arange(counts.min(), counts.max() + 2) - 0.5
-        ax1.hist(counts, bins=bins, histtype="step", linewidth=1.6, color=color,
-                 label=SETTINGS[setting].label.split(":")[0])
-        data["counts"][setting] = counts.tolist()
-        r = runs[0]["rounds"]
-        if r:
-            x = [d["round"] for d in r]
-            ax2.plot(x, [d["mean_selected"] for d in r], color=color,
-                     label=f"{SETTINGS[setting].label.split(':')[0]}: selected")
-            ax2.plot(x, [d["mean_unselected"] for d in r], color=color, linestyle="--",
-                     label=f"{SETTINGS[setting].label.split(':')[0]}: not selected")
-            data["rounds"][setting] = r
-    budget = runs[0]["steps"][-1] / runs[0]["num_batches"] if runs else float("nan")
-    ax1.axvline(budget, color="0.5", linestyle=":", linewidth=1, label=f"δ = 1 (every batch: {budget:g})")
-    ax1.set_xlabel(f"updates on a batch (δ = {delta:g}, pass 1 included)")
-    ax1.set_ylabel("number of batches")
-    ax1.legend()
-    ax2.set_xlabel(f"round (seed {runs[0]['seed'] if runs else '—'})")
-    ax2.set_ylabel("mean recorded batch loss at selection")
-    ax2.legend()
-    annotate_setting(fig, setting_caption)
-    return fig, data
-
-
-def plot_per_class_change(arms: Sequence[Mapping[str, Any]], settings: Sequence[str], delta: float,
-                          class_names: Sequence[str], setting_caption: str):
-    """Per-class test accuracy of δ minus that of δ = 1 (mean over seeds), one panel per
-    setting, classes sorted from hardest to easiest.
-
-    Difficulty is the mean per-class accuracy of the *two* arms, not the baseline's alone:
-    sorting by the baseline would make its unlucky classes look "hard" and gain by
-    regression to the mean, while (a + b) / 2 is uncorrelated with a − b when the two arms
-    are equally noisy (the Bland–Altman ordering)."""
-    from ..plots.style import annotate_setting, new_figure
-
-    k = len(class_names)
-    fig, axes = new_figure(ncols=1, nrows=len(settings), squeeze=False,
-                           width=max(7.0, 0.12 * k + 2.0), height=2.9 * len(settings))
-    data: dict[str, Any] = {"delta": delta, "settings": {}}
-    step = 1 if k <= 40 else 5  # label every class, or every fifth of many
-    for ax, setting in zip(axes[:, 0], settings):
-        base = np.mean([r["per_class_acc"] for r in _by(arms, setting, 1.0)], axis=0)  # [K]
-        arm = np.mean([r["per_class_acc"] for r in _by(arms, setting, delta)], axis=0)
-        level = (base + arm) / 2
-        order = np.argsort(level, kind="stable")  # hardest class first
-        diff = (arm - base)[order]
-        ax.bar(np.arange(k), diff, color=["C2" if d >= 0 else "C1" for d in diff], width=0.8)
-        ax.axhline(0, color="0.3", linewidth=0.8)
-        names = [class_names[i] for i in order]
-        ax.set_xticks(np.arange(k)[::step], names[::step], rotation=90, fontsize=7)
-        ax.set_ylabel("Δ top-1 (pts)")
-        ax.set_title(SETTINGS[setting].label, loc="left")
-        ax.grid(axis="x", visible=False)
-        data["settings"][setting] = {"classes": names, "baseline_acc": base[order].tolist(),
-                                     "mean_acc_both": level[order].tolist(), "change": diff.tolist()}
-    axes[-1, 0].set_xlabel(f"class, from hardest to easiest (mean per-class test accuracy of δ = 1 and δ = {delta:g})")
-    fig.suptitle(f"Per-class test accuracy: δ = {delta:g} minus δ = 1 (mean over seeds)")
-    annotate_setting(fig, setting_caption)
-    return fig, data
+def log_metrics(run: Any, result: SweepResult, settings: Sequence[str], frac: float = 0.9) -> None:
+    """Log each seed's :func:`updates_saved` into the run."""
+    for seed in sorted({j["seed"] for j in result.jobs}):
+        run.log(seed, **updates_saved(result, seed, settings, frac))

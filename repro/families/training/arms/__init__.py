@@ -1,0 +1,1 @@
+"""The training family's methods, one module each (found by ``repro.arms.load_family``)."""
