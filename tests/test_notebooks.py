@@ -118,7 +118,10 @@ def test_smoke_metrics_are_pinned(name, tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_TEACHERS", str(tmp_path / "teachers"))
     path = ROOT / "notebooks" / f"{name}.ipynb"
     _execute(path, tmp_path / "out.ipynb", {"tier": "smoke"}, {}, monkeypatch)
-    got = {k: v["per_seed"] for k, v in run_record(tmp_path / "runs", name, "smoke")["metrics"].items()}
+    record = run_record(tmp_path / "runs", name, "smoke")
+    got = {k: v["per_seed"] for k, v in record["metrics"].items()}
+    for row in record.get("rows", []):  # a sweep's rows as "metric:arm", like the claim keys
+        got.setdefault(f"{row['metric']}:{row['arm']}", {})[str(row["seed"])] = row["value"]
     want = PINNED[name]  # every metric but wall-clock timings (epoch seconds, overheads)
     assert set(want) <= set(got)
     for metric, per_seed in want.items():
