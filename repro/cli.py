@@ -342,7 +342,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_teachers(args: argparse.Namespace) -> int:
-    from . import teachers
+    from .families.distillation import teachers
 
     rows = teachers.stored()
     if not rows:

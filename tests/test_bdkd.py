@@ -10,8 +10,10 @@ import torch
 import torch.nn as nn
 
 from repro.data import load
-from repro.methods import distill
-from repro.methods import online_kd as O
+from repro.families.distillation import figures, protocol, tables
+from repro.families.distillation.arms import online_kd as O
+from repro.layers.distillation import OnlinePair
+from repro.sweep import SweepResult
 from repro.train import TrainConfig
 
 # Two classes, τ = 1: the student predicts uniform [½, ½], the teacher [¾, ¼] (logits ln 3, 0).
@@ -32,8 +34,8 @@ class Const(nn.Module):
         return self.bias.expand(x.shape[0], -1)
 
 
-def _pair() -> O.OnlinePair:
-    return O.OnlinePair(teacher=Const([math.log(3.0), 0.0]), student=Const([0.0, 0.0]))
+def _pair() -> OnlinePair:
+    return OnlinePair(teacher=Const([math.log(3.0), 0.0]), student=Const([0.0, 0.0]))
 
 
 X, Y = torch.zeros(1, 3), torch.tensor([0])
@@ -130,56 +132,64 @@ def test_coarsen_averages_consecutive_chunks():
 def test_bad_hyper_parameters_fail_before_training(kw, match):
     args = {"temperature": 3.0, "kappa": 5.0, "with_hard": False, "kappa_ablation": [], **kw}
     with pytest.raises(ValueError, match=match):
-        O.chapter_arms(**args)
+        O.bdkd_plan(**args)
 
 
 def test_chapter_arms_labels_and_full_hyper_parameters():
-    arms = O.chapter_arms(2.0, 5.0, True, [1.0, 20.0])
-    assert list(arms) == ["CE", "DML", "BD-KD", "BD-KD hard", "BD-KD κ=1", "BD-KD κ=20"]
-    assert arms["DML"] == ("dml", {"temperature": 2.0})
-    assert arms["BD-KD hard"] == ("bdkd", {"temperature": 2.0, "kappa": 5.0, "hard": True})
-    assert arms["BD-KD κ=20"] == ("bdkd", {"temperature": 2.0, "kappa": 20.0, "hard": False})
+    arms, names = O.bdkd_plan(2.0, 5.0, True, [1.0, 20.0])
+    assert list(arms) == ["ce", "dml", "bdkd", "bdkd_hard", "bdkd_kappa1", "bdkd_kappa20"]
+    assert list(names.values()) == ["CE", "DML", "BD-KD", "BD-KD hard", "BD-KD κ=1", "BD-KD κ=20"]
+    assert arms["dml"][0] == "dml" and protocol.hyperparameters(arms["dml"][1]) == {"temperature": 2.0}
+    assert arms["bdkd_hard"][0] == "bdkd"
+    assert protocol.hyperparameters(arms["bdkd_hard"][1]) == {"temperature": 2.0, "kappa": 5.0, "hard": True}
+    assert protocol.hyperparameters(arms["bdkd_kappa20"][1]) == {"temperature": 2.0, "kappa": 20.0, "hard": False}
     with pytest.raises(ValueError, match="kappa"):
-        distill.train_arm("bdkd", None, kappa=-1.0)  # the arm itself refuses too
+        protocol.arm_config("bdkd", kappa=-1.0)  # the arm's config refuses too
 
 
-class FakeRun:
-    def __init__(self):
-        self.logged: dict[str, dict[int, float]] = {}
-
-    def log(self, seed, **values):
-        for k, v in values.items():
-            self.logged.setdefault(k, {})[seed] = v
-
-
-def _row(method, seed, top1, ece, teacher=None):
-    r = {"method": method, "seed": seed, "top1": top1, "ece": ece, "nll": 1.0, "confidence": 50.0, "train_s": 2.0}
+def _job(arm, seed, top1, ece, teacher=None):
+    m = {"top1": top1, "ece": ece, "nll": 1.0, "confidence": 50.0}
     if teacher is not None:
-        r["teacher"] = {"top1": teacher, "ece": 2.0, "nll": 0.5, "confidence": 60.0}
-    return r
+        m.update({"teacher_top1": teacher, "teacher_ece": 2.0, "teacher_nll": 0.5, "teacher_confidence": 60.0})
+    return {"arm": arm, "seed": seed, "metrics": m, "train_s": 2.0, "extra": {"arm": arm}}
 
 
-def test_seed_metrics_are_paired_differences():
-    results = [_row("CE", 0, 40.0, 10.0), _row("DML", 0, 42.0, 8.0, 55.0), _row("BD-KD", 0, 43.5, 6.5, 54.0),
-               _row("CE", 1, 41.0, 9.0), _row("DML", 1, 41.0, 7.0, 56.0), _row("BD-KD", 1, 40.0, 7.5, 57.0)]
-    run = FakeRun()
-    O.log_seed_metrics(run, results)
-    assert run.logged["ece_dml_minus_bdkd"] == {0: 1.5, 1: -0.5}
-    assert run.logged["bdkd_minus_dml"] == {0: 1.5, 1: -1.0}
-    assert run.logged["bdkd_minus_ce"] == {0: 3.5, 1: -1.0}
-    assert run.logged["dml_minus_ce"] == {0: 2.0, 1: 0.0}
-    assert run.logged["teacher_top1_BD-KD"] == {0: 54.0, 1: 57.0} and "teacher_top1_CE" not in run.logged
-    assert run.logged["nll_CE"] == {0: 1.0, 1: 1.0}
-    table = O.summary_markdown(results, ["CE", "DML", "BD-KD"]).splitlines()
+def test_claims_are_paired_differences_and_the_summary_table():
+    result = SweepResult([_job("ce", 0, 40.0, 10.0), _job("dml", 0, 42.0, 8.0, 55.0), _job("bdkd", 0, 43.5, 6.5, 54.0),
+                          _job("ce", 1, 41.0, 9.0), _job("dml", 1, 41.0, 7.0, 56.0), _job("bdkd", 1, 40.0, 7.5, 57.0)])
+    assert result.paired("ece", "dml", "bdkd") == {0: 1.5, 1: -0.5}
+    assert result.paired("top1", "bdkd", "dml") == {0: 1.5, 1: -1.0}
+    assert result.paired("top1", "bdkd", "ce") == {0: 3.5, 1: -1.0}
+    assert result.paired("top1", "dml", "ce") == {0: 2.0, 1: 0.0}
+    assert result.per_seed("teacher_top1", "bdkd") == {0: 54.0, 1: 57.0} and result.per_seed("teacher_top1", "ce") == {}
+    from repro.papers import load_spec
+    claims = {c.key for c in load_spec("bdkd").claims}
+    assert claims == {"ece:dml-bdkd", "top1:bdkd-dml", "top1:bdkd-ce"}
+    table = tables.online_summary_markdown(result, ["ce", "dml", "bdkd"], {"ce": "CE"}).splitlines()
     assert table[2].startswith("| CE (n=2) | 40.50 ± 0.71 | 9.50 ± 0.71 |") and "| — | — |" in table[2]
+
+
+def test_online_teacher_metrics_only_for_a_pair(fake_data):
+    data = load(classes=3, per_class=8, test_per_class=4, image_size=8)
+    test = data.loader("test", 16)
+    torch.manual_seed(0)
+    student = models_create("cnn3", 4)
+    assert O.teacher_metrics(student, test) == {}
+    m = O.teacher_metrics(OnlinePair(models_create("cnn3", 8), student), test)
+    assert set(m) == {"teacher_top1", "teacher_ece", "teacher_nll", "teacher_confidence"}
+
+
+def models_create(arch, width):
+    from repro import models
+    return models.create(arch, num_classes=3, width=width)
 
 
 def test_plot_balance_histograms_are_densities():
     edges = [-1.0, -0.5, 0.0, 0.5, 1.0]
     bal = {"gap": [0.1, 0.2, 0.3], "w_reverse": [0.6, 0.5, 0.4], "edges": edges,
            "hist": {"0": [0, 1, 3, 0], "4": [1, 1, 1, 1]}}
-    results = [{"method": "BD-KD", "arm": "bdkd", "seed": s, "extra": {"balance": bal}} for s in (0, 1)]
-    fig, data = O.plot_balance(results, ["BD-KD"], setting="test")
+    result = SweepResult([{"arm": "bdkd", "seed": s, "extra": {"arm": "bdkd", "balance": bal}} for s in (0, 1)])
+    fig, data = figures.plot_balance(result, ["bdkd"], setting="test", names={"bdkd": "BD-KD"})
     last = data["arms"]["BD-KD"]["epoch_5"]["counts"]
     assert last == [2, 2, 2, 2]  # pooled over the two seeds
     assert data["arms"]["BD-KD"]["mean_w_reverse"] == {"0": pytest.approx(0.5), "1": pytest.approx(0.5)}
@@ -189,7 +199,7 @@ def test_plot_balance_histograms_are_densities():
 
 
 def _setup(data, seed=0):
-    return distill.StudentSetup(student="cnn3", student_kwargs={"width": 4}, num_classes=data.num_classes,
+    return protocol.StudentSetup(student="cnn3", student_kwargs={"width": 4}, num_classes=data.num_classes,
                                 train=data.loader("train", 8, seed=seed), test=data.loader("test", 16),
                                 cfg=TrainConfig(epochs=2, lr=0.05, progress=False), teacher_arch="cnn3",
                                 teacher_kwargs={"width": 8}, seed=seed)
@@ -199,7 +209,7 @@ def test_online_arm_logs_every_training_sample_and_pairs_the_initialisation(fake
     data = load(classes=3, per_class=8, test_per_class=4, image_size=16)
     a, b = O._pair(_setup(data)), O._pair(_setup(data))
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
-    res = distill.train_arm("bdkd", _setup(data), hard=True)
+    res = protocol.train("bdkd", _setup(data), protocol.arm_config("bdkd", hard=True))
     bal = res.extra["balance"]
     assert sorted(bal["hist"]) == ["0", "1"]
     assert [sum(c) for c in bal["hist"].values()] == [24, 24]  # 3 classes × 8 images, each epoch
@@ -210,8 +220,8 @@ def test_online_arm_logs_every_training_sample_and_pairs_the_initialisation(fake
 
 def test_balance_table_quantiles_are_linear_within_a_bin():
     edges = [-1.0, -0.5, 0.0, 0.5, 1.0]
-    assert O._quantiles([0, 2, 2, 0], edges, (0.05, 0.5, 0.95)) == pytest.approx([-0.45, 0.0, 0.45])
+    assert tables._quantiles([0, 2, 2, 0], edges, (0.05, 0.5, 0.95)) == pytest.approx([-0.45, 0.0, 0.45])
     bal = {"gap": [0.0], "w_reverse": [0.25, 0.75], "edges": edges, "hist": {"0": [9, 0, 0, 0], "3": [0, 2, 2, 0]}}
-    results = [{"method": "BD-KD", "arm": "bdkd", "seed": 0, "extra": {"balance": bal}}]
-    row = O.balance_markdown(results, ["BD-KD", "CE"]).splitlines()[2:]
+    result = SweepResult([{"arm": "bdkd", "seed": 0, "extra": {"arm": "bdkd", "balance": bal}}])
+    row = tables.balance_markdown(result, ["bdkd", "ce"], {"bdkd": "BD-KD"}).splitlines()[2:]
     assert row == ["| BD-KD | 0.500 ± 0.000 | -0.450 / +0.000 / +0.450 |"]  # last epoch only; CE has no log

@@ -7,10 +7,10 @@ import torch
 from repro import models
 from repro.data import load
 from repro.losses import distillation as D
-from repro.methods import distill
-from repro.methods.online_kd import BalanceLog, OnlinePair
-from repro.methods.self_kd import AuxBranchStudent, IndexedBatches, lsskd_loss
-from repro.methods.uskd import WeakHeadStudent
+from repro.families.distillation import protocol
+from repro.families.distillation.arms.online_kd import BalanceLog
+from repro.families.distillation.arms.self_kd import IndexedBatches
+from repro.layers.distillation import AuxBranchStudent, OnlinePair, WeakHeadStudent
 from repro.models.stages import split_stages, stage_outputs
 from repro.train import TrainConfig
 
@@ -49,9 +49,9 @@ def test_lsskd_loss_is_ce_plus_joint_ce_when_kl_is_off():
     aux = [torch.randn(8, 12), torch.randn(8, 12)]
     joint = D.rotation_labels(y)
     want = torch.nn.functional.cross_entropy(main[:2], y) + sum(torch.nn.functional.cross_entropy(a, joint) for a in aux)
-    got = lsskd_loss(main, aux, y, 3, aux_kl=0.0, main_kl=0.0)
+    got = D.lsskd_loss(main, aux, y, 3, aux_kl=0.0, main_kl=0.0)
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
-    assert lsskd_loss(main, aux, y, 3).item() > got.item()
+    assert D.lsskd_loss(main, aux, y, 3).item() > got.item()
 
 
 def test_indexed_batches_keep_last_epochs_predictions(fake_data):
@@ -81,7 +81,7 @@ def test_balance_log_survives_a_resume():
 
 
 def _setup(data, seed=0):
-    return distill.StudentSetup(student="cnn3", student_kwargs={"width": 4}, num_classes=data.num_classes,
+    return protocol.StudentSetup(student="cnn3", student_kwargs={"width": 4}, num_classes=data.num_classes,
                                 train=data.loader("train", 8, seed=seed), test=data.loader("test", 16),
                                 cfg=TrainConfig(epochs=2, lr=0.05, progress=False), teacher_arch="cnn3",
                                 teacher_kwargs={"width": 8}, seed=seed)
@@ -90,7 +90,7 @@ def _setup(data, seed=0):
 @pytest.mark.parametrize("arm", ["uskd", "pskd", "lsskd", "dml", "bdkd"])
 def test_model_changing_arms_train(arm, fake_data):
     data = load(classes=3, per_class=8, test_per_class=4, image_size=16)
-    res = distill.train_arm(arm, _setup(data))
+    res = protocol.train(arm, _setup(data))
     assert res.steps == 6 and torch.isfinite(torch.tensor(res.final["train_loss"]))
     if arm in ("dml", "bdkd"):
         assert "teacher_acc" in res.final
@@ -100,3 +100,17 @@ def test_model_changing_arms_train(arm, fake_data):
         assert not torch.equal(res.model.student.head.weight, pair_before.student.head.weight)
     if arm == "bdkd":
         assert len(res.extra["balance"]["gap"]) == 6
+
+
+def test_training_only_heads_train_backward():
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    for model in (WeakHeadStudent(models.create("cnn3", num_classes=5, width=4), 5, 16),
+                  AuxBranchStudent(models.create("cnn3", num_classes=5, width=4), 5, 16),
+                  OnlinePair(models.create("cnn3", num_classes=5, width=8), models.create("cnn3", num_classes=5, width=4))):
+        out = model.forward_both(x) if isinstance(model, WeakHeadStudent) else \
+            model.forward_all(x) if isinstance(model, AuxBranchStudent) else (model(x), [model.teacher(x)])
+        loss = sum(torch.nn.functional.cross_entropy(o[:, :5] if o.shape[1] > 5 else o, y)
+                   for o in [out[0], *([out[1]] if torch.is_tensor(out[1]) else out[1])])
+        loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

@@ -1,4 +1,4 @@
-"""The distillation family's shared protocol, arm registry and bad-input errors."""
+"""The distillation family's shared protocol, registered arms, typed configs and bad-input errors."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,8 @@ import torch
 
 from repro import models
 from repro.data import load
-from repro.methods import distill
+from repro import arms
+from repro.families.distillation import protocol
 from repro.papers import ParameterError, _with_protocol, all_specs, load_protocol
 from repro.train import TrainConfig
 
@@ -33,29 +34,59 @@ def test_family_chapters_share_one_protocol_at_every_tier():
 
 
 def test_unknown_arm_and_hyperparameters_are_refused():
-    with pytest.raises(ValueError, match="unknown distillation method 'kdd'"):
-        distill.arm_hyperparameters("kdd")
-    with pytest.raises(ValueError, match="no hyper-parameter"):
-        distill.arm_hyperparameters("kd", {"tau": 4})
+    with pytest.raises(ParameterError, match="no arm 'kdd'"):
+        protocol.arm_config("kdd")
+    with pytest.raises(ParameterError, match="no field"):
+        protocol.arm_config("kd", tau=4)
     for bad in (0.0, -1.0):
-        with pytest.raises(ValueError, match="temperature"):
-            distill.arm_hyperparameters("kd", {"temperature": bad})
-        with pytest.raises(ValueError, match="tau_t"):
-            distill.arm_hyperparameters("pld", {"tau_t": bad})
-    assert distill.arm_hyperparameters("kd") == {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9}
-    assert {"ce", "kd", "nkd", "pld", "dist"} <= set(distill.available_arms())
+        with pytest.raises(ValueError, match="kd_temperature"):
+            protocol.arm_config("kd", kd_temperature=bad)
+        with pytest.raises(ValueError, match="pld_tau_t"):
+            protocol.arm_config("pld", pld_tau_t=bad)
+    with pytest.raises(ValueError, match="kappa"):
+        protocol.arm_config("bdkd", kappa=0.0)
+    with pytest.raises(ValueError, match="pskd_alpha"):
+        protocol.arm_config("pskd", pskd_alpha=1.5)
+    cfg = protocol.arm_config("kd")
+    assert protocol.hyperparameters(cfg) == {"kd_temperature": 4.0, "kd_ce_weight": 0.1, "kd_weight": 0.9}
+    assert {"ce", "kd", "nkd", "pld", "dist"} <= set(arms.available("distillation"))
+
+
+FAMILY_ARMS = {"bdkd", "ce", "dist", "dml", "kd", "lsskd", "nkd", "pld", "pskd", "uskd"}
+
+
+def test_every_arm_is_registered_and_its_config_builds_from_every_chapter_at_every_tier():
+    assert FAMILY_ARMS <= set(arms.available("distillation"))
+    family = [s for s in all_specs() if s.family == "distillation"]
+    assert {s.slug for s in family} >= {"lsskd", "pld", "dr", "nkd", "bdkd", "kdcompare"}
+    for spec in family:
+        for tier in ("smoke", "cpu", "gpu", "paper"):
+            params = spec.resolve(tier)
+            for name in arms.available("distillation"):
+                a = arms.get("distillation", name)
+                cfg = arms.make_config(a.config, params)
+                assert isinstance(cfg, protocol.DistillConfig), name
+                assert (cfg.student, cfg.epochs) == (params["student"], params["epochs"])
+    # a chapter parameter of a field's name sets it
+    assert protocol.arm_config("nkd", {"nkd_temperature": 2.0}).nkd_temperature == 2.0
+    assert protocol.arm_config("pld", {"pld_tau_t": 4.0}).pld_tau_t == 4.0
+
+
+def test_sweep_jobs_refuse_a_config_of_another_arm():
+    with pytest.raises(TypeError, match="takes a KDConfig"):
+        protocol.jobs(None, None, None, {"kd": ("kd", protocol.arm_config("nkd"))})
 
 
 def test_mismatched_pair_is_refused():
     t = models.create("cnn3", num_classes=10, width=4)
     s = models.create("cnn3", num_classes=5, width=4)
     with pytest.raises(ValueError, match="same label space"):
-        distill.check_pair(t, s, image_size=8)
-    assert distill.check_pair(t, models.create("cnn3", num_classes=10, width=4), image_size=8) == 10
+        protocol.check_pair(t, s, image_size=8)
+    assert protocol.check_pair(t, models.create("cnn3", num_classes=10, width=4), image_size=8) == 10
 
 
 def _setup(data, teacher=None, seed=0):
-    return distill.StudentSetup(
+    return protocol.StudentSetup(
         student="cnn3", student_kwargs={"width": 4}, num_classes=data.num_classes,
         train=data.loader("train", 8, seed=seed), test=data.loader("test", 16),
         cfg=TrainConfig(epochs=1, lr=0.05, progress=False), teacher=teacher, seed=seed)
@@ -64,10 +95,10 @@ def _setup(data, teacher=None, seed=0):
 def test_fixed_teacher_arms_train_and_need_a_teacher(fake_data):
     data = load(classes=3, per_class=8, test_per_class=4, image_size=8)
     with pytest.raises(ValueError, match="trained teacher"):
-        distill.train_arm("kd", _setup(data))
+        protocol.train("kd", _setup(data))
     teacher = models.create("cnn3", num_classes=3, width=4)
     for name in ("ce", "kd", "nkd", "pld", "dist"):
-        res = distill.train_arm(name, _setup(data, teacher))
+        res = protocol.train(name, _setup(data, teacher))
         assert res.steps == 3 and torch.isfinite(torch.tensor(res.final["train_loss"]))
     # the teacher is frozen by the arms
     assert not any(p.requires_grad for p in teacher.parameters())

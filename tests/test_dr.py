@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from repro import models
 from repro.data import load
-from repro.methods import distill, reinforce
+from repro.families.distillation import analysis, protocol
+from repro.families.distillation.arms import reinforce
 from repro.train import TrainConfig
 
 
@@ -73,25 +74,42 @@ def test_store_is_bit_exact_and_compact(fake_data):
 
 def test_corruptions_keep_shape_and_clean_is_identity():
     img = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
-    assert torch.equal(reinforce.corrupt(img, "clean"), img)
-    for kind in reinforce.CORRUPTIONS[1:]:
-        out = reinforce.corrupt(img, kind)
+    assert torch.equal(analysis.corrupt(img, "clean"), img)
+    for kind in analysis.CORRUPTIONS[1:]:
+        out = analysis.corrupt(img, kind)
         assert out.shape == img.shape and out.dtype == torch.uint8 and not torch.equal(out, img)
     with pytest.raises(ValueError, match="unknown corruption"):
-        reinforce.corrupt(img, "fog")
+        analysis.corrupt(img, "fog")
 
 
 def test_three_trainings_run(fake_data):
     data = load(classes=3, per_class=8, test_per_class=4, image_size=8)
     teacher = models.create("cnn3", num_classes=3, width=4).eval()
     store = reinforce.build_store(teacher, data.x_train, views=2, top_k=2, pad=1)
-    setup = distill.StudentSetup(student="cnn3", student_kwargs={"width": 4}, num_classes=3,
+    setup = protocol.StudentSetup(student="cnn3", student_kwargs={"width": 4}, num_classes=3,
                                  train=data.loader("train", 8), test=data.loader("test", 16),
                                  cfg=TrainConfig(epochs=1, lr=0.05, progress=False), teacher=teacher)
     for res in (reinforce.train_erm(setup), reinforce.train_reinforced(setup, store), reinforce.train_online(setup)):
         assert res.steps == 3 and torch.isfinite(torch.tensor(res.final["train_loss"]))
     with pytest.raises(ValueError, match="p_view"):
         reinforce.train_reinforced(setup, store, p_view=1.5)
+    # the same three as registered arms; the reinforced arm needs a setup that carries the store
+    for name in ("erm", "reinforced", "teacher_kl"):
+        s = reinforce.warm_start(setup, "", store) if name == "reinforced" else setup
+        assert protocol.train(name, s).steps == 3
+    with pytest.raises(ValueError, match="stored dataset"):
+        protocol.train("reinforced", setup)
+    with pytest.raises(ValueError, match="p_view"):
+        protocol.arm_config("reinforced", p_view=1.5)
+
+
+def test_plan_labels_are_identifiers_and_configs_come_from_the_params():
+    plan, names = reinforce.dr_plan({"erm_smoothing": 0.2, "p_view": 0.5, "epochs": 3}, ["vit_micro_p4"])
+    assert list(plan) == ["erm", "reinforced", "online_kd", "erm_vit_micro_p4", "reinforced_vit_micro_p4"]
+    assert names["online_kd"] == "online KD" and names["reinforced_vit_micro_p4"] == "reinforced · vit_micro_p4"
+    assert [plan[k][0] for k in plan] == ["erm", "reinforced", "teacher_kl", "erm", "reinforced"]
+    assert plan["erm"][1].erm_smoothing == 0.2 and plan["reinforced"][1].p_view == 0.5 and plan["erm"][1].epochs == 3
+    assert plan["erm_vit_micro_p4"][2] == "vit_micro_p4" and plan["erm"][2] is None
 
 
 def _tiny_store():
@@ -141,25 +159,30 @@ def test_overhead_uses_median_epochs():
     assert reinforce.overhead_pct(erm, other) == pytest.approx(5.0)
 
 
-def test_store_cache_round_trip(tmp_path, fake_data):
+def test_store_artifact_round_trip(tmp_path, fake_data, monkeypatch):
+    monkeypatch.setenv("REPRO_ARTIFACTS", str(tmp_path))
+    monkeypatch.delenv("REPRO_DRY_RUN", raising=False)
+    monkeypatch.setattr(reinforce.STORE, "committed_dir", lambda: tmp_path / "committed")
     data = load(classes=3, per_class=8, test_per_class=4, image_size=8)
     teacher = models.create("cnn3", num_classes=3, width=4).eval()
-    a, loaded_a = reinforce.load_or_build_store(tmp_path, teacher, data.x_train, 2, 2, 1, seed=0, teacher_key="abc")
-    b, loaded_b = reinforce.load_or_build_store(tmp_path, teacher, data.x_train, 2, 2, 1, seed=0, teacher_key="abc")
+    a, loaded_a = reinforce.load_or_build_store(teacher, data.x_train, 2, 2, 1, seed=0, teacher_key="abc")
+    b, loaded_b = reinforce.load_or_build_store(teacher, data.x_train, 2, 2, 1, seed=0, teacher_key="abc")
     assert (loaded_a, loaded_b) == (False, True)
     assert torch.equal(a.params, b.params) and torch.equal(a.ids, b.ids) and torch.equal(a.probs, b.probs)
-    assert reinforce.store_path(tmp_path, "abc", 2, 2, 1, 0).exists()
+    assert b.build_seconds == pytest.approx(a.build_seconds)
+    assert [r["info"]["spec"]["top_k"] for r in reinforce.STORE.stored()] == [2]
+    assert all(r["folder"].startswith(str(tmp_path / "reinforced")) for r in reinforce.STORE.stored())
     # another k is another store
-    _, loaded_c = reinforce.load_or_build_store(tmp_path, teacher, data.x_train, 2, 3, 1, seed=0, teacher_key="abc")
+    _, loaded_c = reinforce.load_or_build_store(teacher, data.x_train, 2, 3, 1, seed=0, teacher_key="abc")
     assert not loaded_c
-    # a teacher without a key is never cached
-    _, loaded_d = reinforce.load_or_build_store(tmp_path, teacher, data.x_train, 2, 2, 1, seed=0, teacher_key="")
-    assert not loaded_d
+    # a teacher without a key is never stored
+    _, loaded_d = reinforce.load_or_build_store(teacher, data.x_train, 2, 2, 1, seed=0, teacher_key="")
+    assert not loaded_d and len(reinforce.STORE.stored()) == 2
 
 
 def test_warm_start_loads_student_weights(tmp_path, fake_data):
     data = load(classes=3, per_class=8, test_per_class=4, image_size=8)
-    setup = distill.StudentSetup(student="cnn3", student_kwargs={"width": 4}, num_classes=3,
+    setup = protocol.StudentSetup(student="cnn3", student_kwargs={"width": 4}, num_classes=3,
                                  train=data.loader("train", 8), test=data.loader("test", 16),
                                  cfg=TrainConfig(epochs=1, progress=False), seed=0)
     torch.manual_seed(42)

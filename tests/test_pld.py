@@ -1,4 +1,4 @@
-"""Chapter 15 (PLD): the arm plan, the paired claim metrics, the loss surfaces and the spec,
+"""Chapter 15 (PLD): the arm plan, the paired claim values, the loss surfaces and the spec,
 checked against hand-computed values. The loss itself is tested in test_distill_losses.py."""
 from __future__ import annotations
 
@@ -8,68 +8,69 @@ import numpy as np
 import pytest
 import torch
 
-from repro.methods import pld
-from repro.papers import load_spec
+from repro.families.distillation import analysis, figures
+from repro.families.distillation.arms import kd
+from repro.families.distillation.protocol import DistillConfig, hyperparameters
+from repro.papers import Claim, load_spec
+from repro.sweep import SweepResult
 
 # ------------------------------------------------------------------ arms, checked before training
 
 
 def test_arm_plan_lists_baselines_then_one_pld_per_tau():
-    arms, head = pld.arm_plan([1.0, 4.0], 4.0)
-    assert list(arms) == ["CE", "KD", "DIST", "PLD τ=1", "PLD τ=4"]
-    assert head == "PLD τ=4"
-    assert arms["PLD τ=1"] == ("pld", {"tau_t": 1.0}) and arms["PLD τ=4"] == ("pld", {"tau_t": 4.0})
-    # the registry defaults are filled in: CRD-style KD and the paper's DIST
-    assert arms["KD"] == ("kd", {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9})
-    assert arms["DIST"] == ("dist", {"temperature": 4.0, "beta": 2.0, "gamma": 2.0})
-    assert arms["CE"] == ("ce", {})
-    # an integer τ from the command line names the same arm
-    assert pld.arm_plan([2], 2)[1] == "PLD τ=2"
+    arms, names = kd.pld_plan([1.0, 4.0], 4.0)
+    assert list(arms) == ["ce", "kd", "dist", "pld_tau1", "pld"]
+    assert names == {"ce": "CE", "kd": "KD", "dist": "DIST", "pld_tau1": "PLD τ=1", "pld": "PLD τ=4"}
+    assert arms["pld_tau1"][0] == arms["pld"][0] == "pld"
+    assert arms["pld_tau1"][1].pld_tau_t == 1.0 and arms["pld"][1].pld_tau_t == 4.0
+    # the arms' defaults are filled in: CRD-style KD and the paper's DIST
+    assert hyperparameters(arms["kd"][1]) == {"kd_temperature": 4.0, "kd_ce_weight": 0.1, "kd_weight": 0.9}
+    assert hyperparameters(arms["dist"][1]) == {"dist_temperature": 4.0, "dist_beta": 2.0, "dist_gamma": 2.0}
+    assert arms["ce"][0] == "ce" and type(arms["ce"][1]) is DistillConfig
+    # an integer τ from the command line names the same arm; labels are identifiers
+    assert kd.pld_plan([2], 2)[1]["pld"] == "PLD τ=2"
+    assert kd.pld_label(0.5) == "pld_tau0_5" and kd.pld_label(0.5).isidentifier()
+    # the chapter's protocol parameters reach every config
+    arms, _ = kd.pld_plan([1.0], 1.0, {"epochs": 7})
+    assert {cfg.epochs for _, cfg in arms.values()} == {7}
 
 
 @pytest.mark.parametrize("taus, claim, match", [
     ([1.0, 4.0], 2.0, "claim_tau_t=2.0 must be one of"),
     ([], 1.0, "at least one"),
     ([4.0, 4], 4.0, "must not repeat"),
-    ([0.0, 4.0], 4.0, "pld.tau_t"),
-    ([-1.0], -1.0, "pld.tau_t"),
+    ([0.0, 4.0], 4.0, "pld_tau_t"),
+    ([-1.0], -1.0, "pld_tau_t"),
 ])
 def test_bad_plans_fail_before_training(taus, claim, match):
     with pytest.raises(ValueError, match=match):
-        pld.arm_plan(taus, claim)
+        kd.pld_plan(taus, claim)
 
 
-# ------------------------------------------------------------------ paired claim metrics
+# ------------------------------------------------------------------ paired claim values
 
-def _row(method, seed, top1, train_s=1.0):
-    return {"method": method, "seed": seed, "top1": top1, "train_s": train_s}
-
-
-RESULTS = [_row("CE", 0, 50.0), _row("KD", 0, 53.0), _row("DIST", 0, 54.5), _row("PLD τ=4", 0, 55.0, 2.5),
-           _row("PLD τ=1", 0, 52.0),
-           _row("CE", 1, 48.0), _row("KD", 1, 51.0), _row("DIST", 1, 50.0), _row("PLD τ=4", 1, 49.5, 3.0),
-           _row("PLD τ=1", 1, 51.0)]
+def _job(arm, seed, top1, train_s=1.0):
+    return {"arm": arm, "seed": seed, "metrics": {"top1": top1}, "train_s": train_s, "extra": {}}
 
 
-def test_seed_effects_are_paired_differences_by_seed():
-    eff = pld.seed_effects(RESULTS, "PLD τ=4")
-    assert sorted(eff) == [0, 1]
+RESULTS = SweepResult([_job("ce", 0, 50.0), _job("kd", 0, 53.0), _job("dist", 0, 54.5), _job("pld", 0, 55.0, 2.5),
+                       _job("pld_tau1", 0, 52.0),
+                       _job("ce", 1, 48.0), _job("kd", 1, 51.0), _job("dist", 1, 50.0), _job("pld", 1, 49.5, 3.0),
+                       _job("pld_tau1", 1, 51.0)])
+
+
+def test_claims_are_paired_differences_by_seed():
     # seed 0: 55 − 53, 55 − 54.5, 55 − 50; seed 1: 49.5 − 51, 49.5 − 50, 49.5 − 48
-    assert eff[0]["pld_minus_kd"] == pytest.approx(2.0) and eff[1]["pld_minus_kd"] == pytest.approx(-1.5)
-    assert eff[0]["pld_minus_dist"] == pytest.approx(0.5) and eff[1]["pld_minus_dist"] == pytest.approx(-0.5)
-    assert eff[0]["pld_minus_ce"] == pytest.approx(5.0) and eff[1]["pld_minus_ce"] == pytest.approx(1.5)
-    assert eff[1]["top1_pld"] == 49.5 and eff[1]["top1_PLD τ=1"] == 51.0
-    assert eff[1]["train_s_PLD τ=4"] == 3.0
-    # judging the other temperature changes only the head
-    assert pld.seed_effects(RESULTS, "PLD τ=1")[0]["pld_minus_kd"] == pytest.approx(-1.0)
-
-
-def test_seed_effects_refuse_unpaired_results():
-    with pytest.raises(ValueError, match="no results for arm 'PLD τ=2'"):
-        pld.seed_effects(RESULTS, "PLD τ=2")
-    lonely = [r for r in RESULTS if not (r["method"] == "KD" and r["seed"] == 1)]
-    with pytest.raises(ValueError, match=r"seed 1 has no \['KD'\]"):
-        pld.seed_effects(lonely, "PLD τ=4")
+    assert RESULTS.paired("top1", "pld", "kd") == pytest.approx({0: 2.0, 1: -1.5})
+    assert RESULTS.paired("top1", "pld", "dist") == pytest.approx({0: 0.5, 1: -0.5})
+    assert RESULTS.paired("top1", "pld", "ce") == pytest.approx({0: 5.0, 1: 1.5})
+    assert RESULTS.per_seed("top1", "pld") == {0: 55.0, 1: 49.5}
+    # the spec's claims name exactly these parts
+    claims = {c.id: c for c in load_spec("pld").claims}
+    assert [(claims[k].metric, claims[k].arm, claims[k].baseline) for k in ("pld_beats_kd", "pld_beats_dist",
+            "pld_beats_ce", "pld_top1_r56_r20")] == [("top1", "pld", "kd"), ("top1", "pld", "dist"),
+                                                     ("top1", "pld", "ce"), ("top1", "pld", None)]
+    assert isinstance(claims["pld_beats_kd"], Claim) and claims["pld_beats_kd"].key == "top1:pld-kd"
 
 
 # ------------------------------------------------------------------ loss surfaces (App. J)
@@ -77,7 +78,7 @@ def test_seed_effects_refuse_unpaired_results():
 def test_two_class_surfaces_by_hand():
     """C = 2 with d1 = (1, 1)/√2 (a pure shift) and d2 = (1, −1)/√2 (moves the margin)."""
     r2 = math.sqrt(2)
-    surf = pld.loss_surfaces(num_classes=2, steps=5, span=2.0, temperature=4.0, tau_t=4.0,
+    surf = analysis.loss_surfaces(num_classes=2, steps=5, span=2.0, temperature=4.0, tau_t=4.0,
                              directions=(torch.tensor([1 / r2, 1 / r2]), torch.tensor([1 / r2, -1 / r2])))
     t, y = surf["teacher"], surf["label"]
     assert y == int(np.argmax(t))
@@ -102,7 +103,7 @@ def test_two_class_surfaces_by_hand():
 
 
 def test_surfaces_kd_and_dist_vanish_at_the_teacher_and_pld_is_convex():
-    surf = pld.loss_surfaces(num_classes=10, steps=21, span=4.0, seed=3)
+    surf = analysis.loss_surfaces(num_classes=10, steps=21, span=4.0, seed=3)
     c = 10  # centre of a 21-point grid: a = b = 0, s = t
     kd, dist, pl = (np.asarray(surf["surfaces"][k]) for k in ("KD", "DIST", "PLD"))
     assert kd[c, c] == pytest.approx(0.0, abs=1e-12) and kd.min() == kd[c, c]
@@ -116,27 +117,27 @@ def test_surfaces_kd_and_dist_vanish_at_the_teacher_and_pld_is_convex():
 
 def test_surface_input_is_checked():
     with pytest.raises(ValueError, match="num_classes"):
-        pld.loss_surfaces(num_classes=1)
+        analysis.loss_surfaces(num_classes=1)
     with pytest.raises(ValueError, match="tau_t"):
-        pld.loss_surfaces(tau_t=0.0)
+        analysis.loss_surfaces(tau_t=0.0)
     with pytest.raises(ValueError, match="3 entries"):
-        pld.loss_surfaces(num_classes=3, directions=(torch.ones(2), torch.ones(2)))
+        analysis.loss_surfaces(num_classes=3, directions=(torch.ones(2), torch.ones(2)))
 
 
 # ------------------------------------------------------------------ figures' data
 
 def test_tau_figure_data_and_missing_arm():
-    _, data = pld.plot_tau(RESULTS, [4.0, 1.0], "test setting")
+    _, data = figures.plot_tau(RESULTS, [4.0, 1.0], 4.0, "test setting")
     assert data["pld"] == {"1.0": [52.0, 51.0], "4.0": [55.0, 49.5]}
     assert data["reference"]["KD"] == [53.0, 51.0] and data["setting"] == "test setting"
-    with pytest.raises(ValueError, match="no results for 'PLD τ=8'"):
-        pld.plot_tau(RESULTS, [1.0, 8.0], "x")
+    with pytest.raises(ValueError, match="no results for 'pld_tau8'"):
+        figures.plot_tau(RESULTS, [1.0, 8.0], 4.0, "x")
 
 
 def test_interpolation_figure_keeps_the_curve():
     curve = {s: {"alpha": [0.0, 0.5, 1.0], "loss": [1.0, 2.0, 1.5], "acc": [50.0, 30.0, 55.0]}
              for s in ("train", "test")}
-    _, data = pld.plot_interpolation(curve, "x")
+    _, data = figures.plot_interpolation(curve, "x")
     assert data["curve"]["test"]["acc"] == [50.0, 30.0, 55.0]
 
 
@@ -153,11 +154,11 @@ def test_spec_claims_are_table1_resnet56_resnet20_differences():
     assert all(claims[k].kind == "effect" and claims[k].direction == "higher"
                for k in ("pld_beats_kd", "pld_beats_dist", "pld_beats_ce"))
     absolute = claims["pld_top1_r56_r20"]
-    assert absolute.kind == "absolute" and absolute.paper_value == 70.28 and absolute.metric == "top1_pld"
+    assert absolute.kind == "absolute" and absolute.paper_value == 70.28 and absolute.key == "top1:pld"
     for tier in ("smoke", "cpu", "gpu", "paper"):
         p = spec.resolve(tier)
         assert p["claim_tau_t"] in p["tau_ts"] and sorted(p["tau_ts"]) == [1.0, 4.0]
-        pld.arm_plan(p["tau_ts"], p["claim_tau_t"])
+        kd.pld_plan(p["tau_ts"], p["claim_tau_t"], p)
     paper = spec.resolve("paper")
     assert (paper["teacher"], paper["student"]) == ("resnet56", "resnet20")
 
@@ -166,16 +167,16 @@ def test_spec_claims_are_table1_resnet56_resnet20_differences():
 
 def test_interpolation_grid_by_hand(monkeypatch):
     monkeypatch.delenv("REPRO_DRY_RUN", raising=False)
-    alphas, n = pld.interpolation_grid(5, 1000)
+    alphas, n = analysis.interpolation_grid(5, 1000)
     assert alphas == pytest.approx([-0.5, 0.0, 0.5, 1.0, 1.5]) and n == 1000
-    alphas17 = pld.interpolation_grid(17, 0)[0]  # step 0.125: 0 and 1 on the grid
+    alphas17 = analysis.interpolation_grid(17, 0)[0]  # step 0.125: 0 and 1 on the grid
     assert alphas17[4] == 0.0 and alphas17[12] == 1.0
     with pytest.raises(ValueError, match="landscape_points"):
-        pld.interpolation_grid(1, 10)
+        analysis.interpolation_grid(1, 10)
     with pytest.raises(ValueError, match="landscape_samples"):
-        pld.interpolation_grid(5, -1)
+        analysis.interpolation_grid(5, -1)
     monkeypatch.setenv("REPRO_DRY_RUN", "1")
-    assert pld.interpolation_grid(21, 2000) == (pytest.approx([-0.5, 0.5, 1.5]), 64)
+    assert analysis.interpolation_grid(21, 2000) == (pytest.approx([-0.5, 0.5, 1.5]), 64)
 
 
 def test_interpolating_a_model_with_itself_is_flat_with_bn_reestimated(fake_data, monkeypatch):
@@ -188,7 +189,7 @@ def test_interpolating_a_model_with_itself_is_flat_with_bn_reestimated(fake_data
     data = load(classes=3, per_class=8, test_per_class=4, image_size=8)
     torch.manual_seed(0)
     model = models.create("cnn3", num_classes=3, width=4)
-    curve = pld.interpolate_students(model, model, data, points=3, samples=0)
+    curve = analysis.interpolate_students(model, model, data, points=3, samples=0)
     assert curve["train"]["alpha"] == pytest.approx([-0.5, 0.5, 1.5])
     assert curve["train"]["n_samples"] == 24 and curve["test"]["n_samples"] == 12
     for split in ("train", "test"):

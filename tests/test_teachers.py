@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from repro import teachers
+from repro.families.distillation import teachers
 from repro.data import load
 from repro.train import TrainConfig, fit
 

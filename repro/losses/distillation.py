@@ -5,7 +5,7 @@ detach them when the teacher is fixed), ``y`` integer labels ``[B]``. Every loss
 scalar averaged over the batch. Temperatures must be > 0 (checked here, so a bad notebook
 parameter fails before any training).
 
-The chapters compose these with cross-entropy (see ``repro.methods.distill``); nothing here
+The chapters compose these with cross-entropy (see the arms of ``repro.families.distillation``); nothing here
 knows about models or optimisers.
 """
 from __future__ import annotations
@@ -233,3 +233,25 @@ def marginalise_rotations(joint_logits: Tensor, num_classes: int, num_rotations:
     """Log-probabilities over classes of a [B, C·R] joint head, summing out the rotation."""
     lp = F.log_softmax(joint_logits, dim=1).view(-1, num_classes, num_rotations)
     return torch.logsumexp(lp, dim=2)
+
+
+def lsskd_loss(main: Tensor, aux: list[Tensor], y: Tensor, num_classes: int, temperature: float = 3.0,
+               aux_kl: float = 1.0, main_kl: float = 1.0, num_rotations: int = 4) -> Tensor:
+    """LSSKD's loss for a rotation-expanded batch (rotation-major, first B rows unrotated):
+    CE of the main head on the unrotated images + Σ_s CE(aux_s, joint label)
+    + aux_kl·Σ_s τ²·KL(aux_{s+1} ‖ aux_s) (deeper teaches shallower)
+    + main_kl·τ²·KL(p̄ ‖ main), p̄ the auxiliaries' mean prediction on the unrotated images
+    marginalised over rotations (our reconstruction; no code is public)."""
+    B = len(y)
+    T = temperature
+    joint = rotation_labels(y, num_rotations)
+    loss = F.cross_entropy(main[:B], y)
+    for a in aux:
+        loss = loss + F.cross_entropy(a, joint)
+    for s in range(len(aux) - 1):  # the next deeper branch teaches each shallower one
+        loss = loss + aux_kl * T * T * kl_div(aux[s + 1].detach(), aux[s], T)
+    if main_kl:
+        marg = torch.stack([marginalise_rotations(a[:B].detach() / T, num_classes, num_rotations) for a in aux])
+        p_bar = marg.exp().mean(0)
+        loss = loss + main_kl * T * T * soft_target_loss(main[:B] / T, p_bar)
+    return loss

@@ -25,12 +25,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import models
-from .artifacts import ArtifactError, ArtifactStore
-from .io import save_torch
-from .paths import TEACHERS_ENV
-from .run import seed_everything
-from .train import TrainConfig, dry_run, evaluate, fit
+from ... import models
+from ...artifacts import ArtifactError, ArtifactStore
+from ...io import save_torch
+from ...paths import TEACHERS_ENV
+from ...run import seed_everything
+from ...train import TrainConfig, dry_run, evaluate, fit
 
 
 class TeacherError(ArtifactError):
@@ -142,7 +142,7 @@ def get(spec: TeacherSpec, data, device: torch.device | str = "cpu", rebuild: bo
     try:
         art = STORE.get(spec.label(), spec.key(data.checksum), build, load, rebuild=rebuild)
     except ArtifactError as e:
-        raise TeacherError(f"{e} (or call repro.teachers.get(..., rebuild=True))") from e
+        raise TeacherError(f"{e} (or call repro.families.distillation.teachers.get(..., rebuild=True))") from e
     return Teacher(art.value, spec, art.key, art.info, art.path, art.built_now)
 
 
