@@ -169,6 +169,12 @@ class Run:
         for name, v in values.items():
             self.metrics.setdefault(name, {})[str(seed)] = float(v)
 
+    def log_seeds(self, per_seed: Any) -> None:
+        """``run.log`` for many seeds at once: ``{seed: {name: value}}`` (what a family's
+        ``metrics_by_seed`` functions return)."""
+        for seed, values in per_seed.items():
+            self.log(seed, **values)
+
     def add_row(self, arm: str, seed: int, metric: str, value: float, n_test: int = 0) -> None:
         """One tidy result row (the sweep writes these): ``metric`` of ``arm`` for ``seed``,
         estimated on ``n_test`` test images (0: not a test-set estimate)."""

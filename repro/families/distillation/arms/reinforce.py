@@ -15,7 +15,7 @@ student on it at the cost of ordinary training.
   views reach ``fit`` through ``ReinforcedBatches``, which is both its batch plan and its loss.
   ``erm`` (ordinary training with label smoothing) and ``teacher_kl`` (the teacher in the loop,
   KL at T = 1, no CE) are the baselines. ``dr_plan`` / ``dr_jobs`` build chapter 18's sweep,
-  extra student architectures included; ``log_costs`` logs its cost metrics.
+  extra student architectures included; ``cost_metrics`` gives its cost metrics per seed.
 
 Augmentations are random crop (zero padding) and horizontal flip, the project's standard pair;
 the paper adds RandAugment and random erasing (a deviation the chapter states).
@@ -344,7 +344,7 @@ def dr_plan(params: Mapping[str, Any] | None, extra_students: Sequence[str] = ()
     return plan, names
 
 
-def dr_jobs(run, data, teacher: nn.Module, store: ReinforcedStore,
+def dr_jobs(device: Any, data, teacher: nn.Module, store: ReinforcedStore,
             plan: Mapping[str, tuple[str, DistillConfig, str | None]], student_weights: str = ""
             ) -> dict[str, Callable[[int, Path | None], Job]]:
     """label → sweep job: the protocol's setup for the seed with ``teacher`` (a plain module,
@@ -352,7 +352,7 @@ def dr_jobs(run, data, teacher: nn.Module, store: ReinforcedStore,
     starts from ``student_weights`` (if given), an extra student from scratch."""
     def make(name: str, cfg: DistillConfig, other: str | None):
         def job(seed: int, checkpoint_dir: Path | None) -> Job:
-            base = setup(cfg, data, seed, run.device, teacher, checkpoint_dir)
+            base = setup(cfg, data, seed, device, teacher, checkpoint_dir)
             if other is None:
                 s = warm_start(base, student_weights, store)
             else:
@@ -422,16 +422,19 @@ def overhead_pct(erm_history: list[dict[str, float]], other_history: list[dict[s
     return 100.0 * (other / erm - 1.0)
 
 
-def log_costs(run, result: SweepResult, extra_students: Sequence[str] = (), threshold_pct: float = 10.0) -> None:
-    """Log the cost metrics per seed (the accuracy and calibration claims are read from the
+def cost_metrics(result: SweepResult, extra_students: Sequence[str] = (),
+                 threshold_pct: float = 10.0) -> dict[int, dict[str, float]]:
+    """The cost metrics per seed (``run.log_seeds`` logs them; the accuracy and calibration claims are read from the
     sweep's rows): the reinforced arm's extra time per epoch over ERM (``overhead_pct``) and its
     margin to the claimed ``threshold_pct`` (``cost_margin_pct``), online KD's overhead, and each
     extra student's."""
     hist = {(r["arm"], r["seed"]): r["extra"]["history"] for r in result.jobs}
+    out: dict[int, dict[str, float]] = {}
     for seed in sorted({r["seed"] for r in result.jobs}):
         over = overhead_pct(hist[("erm", seed)], hist[("reinforced", seed)])
         values = {"cost_margin_pct": threshold_pct - over, "overhead_pct": over,
                   "online_overhead_pct": overhead_pct(hist[("erm", seed)], hist[("online_kd", seed)])}
         for name in extra_students:
             values[f"overhead_pct_{name}"] = overhead_pct(hist[(f"erm_{name}", seed)], hist[(f"reinforced_{name}", seed)])
-        run.log(seed, **values)
+        out[seed] = values
+    return out

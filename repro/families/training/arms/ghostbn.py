@@ -401,13 +401,12 @@ def runs(result: SweepResult) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def log_metrics(run: Any, result: SweepResult) -> None:
-    """Log each seed's :func:`seed_metrics` into the run."""
+def metrics_by_seed(result: SweepResult) -> dict[int, dict[str, float]]:
+    """Each seed's :func:`seed_metrics` (``run.log_seeds`` logs them)."""
     by_seed: dict[int, dict[str, Any]] = {}
     for j in result.jobs:
         by_seed.setdefault(j["seed"], {})[j["arm"]] = j["extra"]
-    for seed, by_arm in by_seed.items():
-        run.log(seed, **seed_metrics(by_arm))
+    return {seed: seed_metrics(by_arm) for seed, by_arm in by_seed.items()}
 
 
 # -- loss landscape ------------------------------------------------------------------------------

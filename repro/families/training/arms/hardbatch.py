@@ -367,7 +367,6 @@ def runs(result: SweepResult) -> list[dict[str, Any]]:
     return [{**j["extra"], "arm": j["arm"], "seed": j["seed"]} for j in result.jobs]
 
 
-def log_metrics(run: Any, result: SweepResult, settings: Sequence[str], frac: float = 0.9) -> None:
-    """Log each seed's :func:`updates_saved` into the run."""
-    for seed in sorted({j["seed"] for j in result.jobs}):
-        run.log(seed, **updates_saved(result, seed, settings, frac))
+def metrics_by_seed(result: SweepResult, settings: Sequence[str], frac: float = 0.9) -> dict[int, dict[str, float]]:
+    """Each seed's :func:`updates_saved` (``run.log_seeds`` logs them)."""
+    return {seed: updates_saved(result, seed, settings, frac) for seed in sorted({j["seed"] for j in result.jobs})}

@@ -216,14 +216,14 @@ def runs(result: SweepResult) -> list[dict[str, Any]]:
     return [{**j["extra"], "arm": j["arm"], "seed": j["seed"]} for j in result.jobs]
 
 
-def log_metrics(run: Any, result: SweepResult, bench: Mapping[int, Mapping[int, float]],
-                steps_per_epoch: int, baseline: str = "M1", top: str = "Mmax") -> None:
-    """Log each seed's :func:`seed_metrics` (``top`` against ``baseline``) into the run."""
-    cfg = make_config(MSDropoutConfig, run.params)
+def metrics_by_seed(result: SweepResult, cfg: MSDropoutConfig, bench: Mapping[int, Mapping[int, float]],
+                    steps_per_epoch: int, baseline: str = "M1", top: str = "Mmax") -> dict[int, dict[str, float]]:
+    """Each seed's :func:`seed_metrics` (``top`` against ``baseline``; ``run.log_seeds`` logs them)."""
     by = {(j["arm"], j["seed"]): j["extra"] for j in result.jobs}
+    out: dict[int, dict[str, float]] = {}
     base = baseline if any(a == baseline for a, _ in by) else min(
         (a for a, _ in by if a.startswith("M") and a[1:].isdigit()), key=lambda a: int(a[1:]))
     for seed in sorted({s for _, s in by}):
         if (base, seed) in by and (top, seed) in by:
-            run.log(seed, **seed_metrics(by[base, seed], by[top, seed], cfg.loss_epoch, bench.get(seed),
-                                         steps_per_epoch))
+            out[seed] = seed_metrics(by[base, seed], by[top, seed], cfg.loss_epoch, bench.get(seed), steps_per_epoch)
+    return out
