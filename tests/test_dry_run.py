@@ -22,13 +22,15 @@ FAMILY = [s for s in all_specs() if s.info.get("protocol") == "distillation"]
 def test_gpu_tier_dry_run(spec, tmp_path, monkeypatch):
     import papermill as pm
 
-    for k, v in {"REPRO_DRY_RUN": "1", "REPRO_RESULTS": tmp_path / "results",
-                 "REPRO_CHECKPOINTS": tmp_path / "ckpt", "REPRO_TEACHERS": tmp_path / "teachers"}.items():
+    for k, v in {"REPRO_DRY_RUN": "1", "REPRO_RUNS": tmp_path / "runs", "REPRO_CHECKPOINTS": tmp_path / "ckpt",
+                 "REPRO_TEACHERS": tmp_path / "teachers", "REPRO_ARTIFACTS": tmp_path / "artifacts"}.items():
         monkeypatch.setenv(k, str(v))
     pm.execute_notebook(str(ROOT / "notebooks" / f"{spec.name}.ipynb"), str(tmp_path / "out.ipynb"),
                         parameters={"tier": "gpu", "seeds": [0]}, cwd=str(ROOT / "notebooks"),
                         progress_bar=False, kernel_name="python3")
-    rec = json.loads((tmp_path / "results" / "dry-run" / f"{spec.name}.gpu.json").read_text())
+    found = list((tmp_path / "runs").glob(f"{spec.name}.gpu.*/{spec.name}.gpu.json"))
+    assert len(found) == 1, found
+    rec = json.loads(found[0].read_text())
     assert rec["status"] == "dry-run" and rec["params"]["student"] == spec.resolve("gpu")["student"]
-    assert not (tmp_path / "results" / f"{spec.name}.gpu.json").exists()
     assert not list((tmp_path / "teachers").glob("*/teacher.json")), "a dry-run teacher was stored"
+    assert not list((tmp_path / "artifacts").glob("*/*/artifact.json")), "a dry-run artifact was stored"
