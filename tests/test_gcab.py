@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from repro.incremental.learners import run_stream
-from repro.incremental.stream import make_stream
+from repro.families.incremental.learners import run_stream
+from repro.families.incremental.stream import make_stream
 from repro.methods import gated_attention as G
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from repro.incremental import make_stream
-from repro.incremental.learners import IncrementalConfig, run_stream
+from repro.families.incremental import make_stream
+from repro.families.incremental.learners import IncrementalConfig, run_stream
 from repro.methods import napavq as N
 
 
@@ -260,7 +260,7 @@ def _stream():
 
 
 def _cfg():
-    return N.NecilConfig(arch="cnn3", arch_kwargs={"width": 4}, epochs=1, lr=0.01, batch_size=8, memory=0)
+    return N.NecilConfig(arch="cnn3", arch_width=4, epochs=1, lr=0.01, batch_size=8, memory=0)
 
 
 class _Spy(N.NapaVQ):

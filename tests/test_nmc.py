@@ -8,8 +8,9 @@ import torch
 from repro import models
 from repro.data import Dataset
 from repro.incremental import chapter
-from repro.incremental.learners import FineTune, IncrementalConfig, Replay
-from repro.incremental.stream import Stream
+from repro.families.incremental.arms.baselines import FineTune, Replay
+from repro.families.incremental.learners import IncrementalConfig
+from repro.families.incremental.stream import Stream
 from repro.methods import nmc
 from repro.papers import load_spec
 from repro.run import Run
@@ -99,7 +100,7 @@ def test_pretrain_split_takes_the_tail_of_the_order_and_keeps_clear_tasks():
 
 
 def test_restrict_stream_drops_the_later_tasks_and_their_images(fake_data):
-    from repro.incremental import make_stream
+    from repro.families.incremental import make_stream
 
     s = make_stream(classes=20, scenario="B0-Inc5", per_class=4, test_per_class=2, image_size=8)
     r = nmc.restrict_stream(s, 2)

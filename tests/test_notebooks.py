@@ -118,7 +118,22 @@ def test_smoke_metrics_are_pinned(name, tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_TEACHERS", str(tmp_path / "teachers"))
     path = ROOT / "notebooks" / f"{name}.ipynb"
     _execute(path, tmp_path / "out.ipynb", {"tier": "smoke"}, {}, monkeypatch)
-    got = {k: v["per_seed"] for k, v in run_record(tmp_path / "runs", name, "smoke")["metrics"].items()}
+    rec = run_record(tmp_path / "runs", name, "smoke")
+    got = {k: v["per_seed"] for k, v in rec["metrics"].items()}
+    # A swept arm's value is a row: pinned as "metric:arm", a paired difference as
+    # "metric:arm-baseline" (the same subtraction the chapter made before its sweep).
+    rows: dict[str, dict[str, float]] = {}
+    for r in rec.get("rows", []):
+        rows.setdefault(f"{r['metric']}:{r['arm']}", {})[str(r["seed"])] = r["value"]
+    for key in PINNED[name]:
+        if key not in got and ":" in key:
+            metric, arms = key.split(":", 1)
+            a, _, b = arms.partition("-")
+            if not b:
+                got[key] = rows.get(key, {})
+            else:
+                va, vb = rows.get(f"{metric}:{a}", {}), rows.get(f"{metric}:{b}", {})
+                got[key] = {s: va[s] - vb[s] for s in va if s in vb}
     want = PINNED[name]  # every metric but wall-clock timings (epoch seconds, overheads)
     assert set(want) <= set(got)
     for metric, per_seed in want.items():

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from repro.incremental.stream import make_stream
+from repro.families.incremental.stream import make_stream
 from repro.methods import compatible as C
 
 # Six unit vectors at these angles (degrees) with these labels. Cosine similarity ranks by

@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrizations
 
 from .. import models
-from ..incremental.memory import class_means, extract_features
-from ..incremental.stream import Stream
+from ..families.incremental.memory import class_means, extract_features
+from ..families.incremental.stream import Stream
 from ..metrics import mean_std_text
 from ..plots.style import COLORS, annotate_setting, jsonable, new_figure
 from ..train import TrainConfig, dry_run, fit, predict

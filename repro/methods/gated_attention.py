@@ -52,8 +52,8 @@ from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 
 from ..incremental import chapter
-from ..incremental.learners import IncrementalConfig, Learner
-from ..incremental.stream import Stream
+from ..families.incremental.learners import IncrementalConfig, Learner
+from ..families.incremental.stream import Stream
 from ..plots.style import annotate_setting, jsonable, new_figure
 
 LABELS = ("finetune", "gated", "gcab")

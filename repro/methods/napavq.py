@@ -45,9 +45,10 @@ import torch.nn.functional as F
 
 from .. import models
 from ..incremental.chapter import protocol_config
-from ..incremental.learners import FineTune, IncrementalConfig, Learner
-from ..incremental.memory import extract_features
-from ..incremental.stream import Stream
+from ..families.incremental.arms.baselines import FineTune
+from ..families.incremental.learners import IncrementalConfig, Learner
+from ..families.incremental.memory import extract_features
+from ..families.incremental.stream import Stream
 from ..metrics import mean_std_text
 from ..plots.style import annotate_setting, jsonable, new_figure
 from ..train import TrainConfig

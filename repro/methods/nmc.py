@@ -47,10 +47,11 @@ from matplotlib.ticker import MaxNLocator
 from .. import models
 from ..data import MEAN, STD, Dataset, class_order
 from ..incremental.chapter import protocol_config, protocol_stream, run_learners
-from ..incremental.learners import FineTune, IncrementalConfig, Learner, Replay
-from ..incremental.memory import class_means, extract_features
-from ..incremental.metrics import AccuracyMatrix
-from ..incremental.stream import Stream
+from ..families.incremental.arms.baselines import FineTune, Replay
+from ..families.incremental.learners import IncrementalConfig, Learner
+from ..families.incremental.memory import class_means, extract_features
+from ..families.incremental.metrics import AccuracyMatrix
+from ..families.incremental.stream import Stream
 from ..plots.style import annotate_setting, jsonable, new_figure
 from ..train import WORK, TrainConfig, dry_run, evaluate, fit
 
@@ -152,7 +153,7 @@ def chapter_stream(run) -> tuple[Stream, list[int]]:
 def incremental_tasks_full(p: dict[str, Any]) -> list[list[int]]:
     """The protocol's tasks over its ``classes`` (labels), without loading any data."""
     from ..data import incremental_tasks
-    from ..incremental.stream import parse_scenario
+    from ..families.incremental.stream import parse_scenario
 
     base, inc = parse_scenario(p["scenario"])
     return incremental_tasks(list(range(p["classes"])), base, inc)

@@ -33,10 +33,12 @@ from scipy import stats
 from .. import models
 from ..data import Dataset, class_order, incremental_tasks
 from ..incremental.chapter import protocol_config
-from ..incremental.learners import BASELINES, run_stream
-from ..incremental.stream import Stream, parse_scenario
+from ..families.incremental.arms.baselines import BASELINES
+from ..families.incremental.learners import run_stream
+from ..families.incremental.stream import Stream, parse_scenario
 from ..metrics import mean_std_text
 from ..plots.style import annotate_setting, jsonable, new_figure
+from ..train import dry_run
 
 SPLITS = ("halves", "disjoint")
 PHASES = ("tuning", "evaluation")          # D^HT, D^E
@@ -165,10 +167,12 @@ def sample_configs(space: Mapping[str, Sequence], trials: int, seed: int) -> lis
 
 
 def chapter_search(params: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Each algorithm's sampled configurations (the same ones run on D^HT and on D^E)."""
+    """Each algorithm's sampled configurations (the same ones run on D^HT and on D^E); two
+    of them in a dry run (``REPRO_DRY_RUN``: still a choice to make, at a fraction of the cost)."""
     grids = {hp: params[name] for hp, name in GRIDS.items()}
+    trials = min(params["trials"], 2) if dry_run() else params["trials"]
     # One seed per algorithm, stable across runs and independent of the list's order.
-    return {a: sample_configs(algorithm_space(grids, a), params["trials"],
+    return {a: sample_configs(algorithm_space(grids, a), trials,
                               params["search_seed"] * 1_000_003 + zlib.crc32(a.encode()))
             for a in params["algorithms"]}
 

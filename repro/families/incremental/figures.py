@@ -1,0 +1,277 @@
+"""The class-incremental family's figures: the accuracy matrix and the accuracy after each task
+(every chapter), and each chapter's own figures, drawn from sweep results.
+
+Every function returns ``(fig, data)`` (``data``: the plotted numbers, JSON-able) with the
+setting as a caption. ``results`` is a ``repro.sweep.SweepResult`` or its list of jobs: one
+dict per (arm, seed) with ``arm``, ``seed``, ``metrics`` and ``extra`` (``A``, ``acc_after``,
+per-task ``extras``…).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ...plots.style import annotate_setting, jsonable, new_figure
+
+
+def accuracy_matrix_heatmap(A: Any, setting: str | None, title: str | None = None,
+                            task_labels: Sequence[str] | None = None) -> tuple[Figure, dict]:
+    """Heatmap of A[t, j] (%): rows = after training task t, columns = evaluated task j.
+
+    The upper triangle (tasks not yet seen) stays blank; every cell shows its value.
+    """
+    A = np.asarray(A, dtype=float)
+    T = A.shape[1]
+    fig, ax = new_figure(width=max(3.6, 0.55 * T + 1.8), height=max(3.0, 0.5 * A.shape[0] + 1.4))
+    im = ax.imshow(np.ma.masked_invalid(A), vmin=0, vmax=100, cmap="viridis", aspect="auto")
+    for t in range(A.shape[0]):
+        for j in range(T):
+            if np.isfinite(A[t, j]):
+                ax.text(j, t, f"{A[t, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if A[t, j] < 60 else "black")
+    labels = list(task_labels) if task_labels else [str(i + 1) for i in range(T)]
+    ax.set_xticks(range(T), labels)
+    ax.set_yticks(range(A.shape[0]), labels[: A.shape[0]])
+    ax.set_xlabel("evaluated task j")
+    ax.set_ylabel("after training task t")
+    ax.grid(False)
+    fig.colorbar(im, ax=ax, label="top-1 on task j (%)", shrink=0.85)
+    ax.set_title(title or "Accuracy matrix A[t, j]")
+    annotate_setting(fig, setting)
+    return fig, jsonable({"A": A, "setting": setting, "title": title})
+
+
+def accuracy_curves(curves: Mapping[str, Sequence[Sequence[float]]], seen_classes: Sequence[int],
+                    setting: str | None, title: str | None = None) -> tuple[Figure, dict]:
+    """Accuracy on all seen classes after each task, one line per learner (mean over seeds,
+    band min–max). ``curves[name]`` is a list of per-seed lists acc_0..acc_{T−1}."""
+    fig, ax = new_figure(width=5.2)
+    data: dict[str, Any] = {}
+    x = np.asarray(seen_classes)
+    for i, (name, runs) in enumerate(curves.items()):
+        arr = np.asarray(runs, dtype=float)
+        if arr.ndim == 1:
+            arr = arr[None]
+        mean = arr.mean(0)
+        color = f"C{i % 10}"
+        ax.plot(x[: arr.shape[1]], mean, "o-", color=color,
+                label=f"{name} (n={arr.shape[0]})" if arr.shape[0] > 1 else name)
+        if arr.shape[0] > 1:
+            ax.fill_between(x[: arr.shape[1]], arr.min(0), arr.max(0), color=color, alpha=0.2, linewidth=0)
+        data[name] = {"mean": mean, "min": arr.min(0), "max": arr.max(0), "n": arr.shape[0]}
+    ax.set_xlabel("classes seen")
+    ax.set_ylabel("top-1 on all seen classes (%)")
+    ax.set_xticks(x)
+    ax.legend()
+    ax.set_title(title or "Accuracy after each task")
+    annotate_setting(fig, setting)
+    return fig, jsonable({"seen_classes": x, "curves": data, "setting": setting, "band": "min-max over seeds"})
+
+
+# -- from sweep results --------------------------------------------------------------------------
+def jobs_of(results: Any) -> list[dict[str, Any]]:
+    """The list of job dicts of a ``SweepResult`` (or the list itself)."""
+    return list(getattr(results, "jobs", results))
+
+
+def labels_of(results: Any, labels: Sequence[str] | None = None) -> list[str]:
+    """The given labels, or every arm of the results in order of appearance."""
+    return list(labels) if labels is not None else list(dict.fromkeys(j["arm"] for j in jobs_of(results)))
+
+
+def seen_classes(stream: Any) -> list[int]:
+    """Classes seen after each task of a stream."""
+    return [stream.seen(t) for t in range(stream.num_tasks)]
+
+
+def plot_curves(results: Any, stream: Any, setting: str, labels: Sequence[str] | None = None,
+                title: str | None = None) -> tuple[Figure, dict]:
+    """Accuracy on all seen classes after each task, every arm (mean, min–max over seeds)."""
+    jobs = jobs_of(results)
+    curves = {label: [j["extra"]["acc_after"] for j in jobs if j["arm"] == label]
+              for label in labels_of(jobs, labels)}
+    return accuracy_curves(curves, seen_classes(stream), setting, title=title)
+
+
+def _pad(rows: Sequence[Sequence[float]]) -> np.ndarray:
+    T = len(rows)
+    A = np.full((T, T), np.nan)
+    for t, r in enumerate(rows):
+        A[t, : len(r)] = r
+    return A
+
+
+def mean_matrix(results: Any, label: str) -> np.ndarray:
+    """A[t, j] averaged over the seeds of one arm (NaN above the diagonal)."""
+    return np.mean([_pad(j["extra"]["A"]) for j in jobs_of(results) if j["arm"] == label], axis=0)
+
+
+def plot_matrices(results: Any, setting: str, labels: Sequence[str] | None = None,
+                  title: str = "Accuracy matrix A[t, j], mean over seeds") -> tuple[Figure, dict]:
+    """One heatmap per arm side by side (one colour scale, 0–100 %); a single arm falls back to
+    :func:`accuracy_matrix_heatmap`."""
+    labels = labels_of(results, labels)
+    mats = {label: mean_matrix(results, label) for label in labels}
+    if len(labels) == 1:
+        return accuracy_matrix_heatmap(mats[labels[0]], setting, title=f"{title}: {labels[0]}")
+    T = next(iter(mats.values())).shape[0]
+    side = max(2.4, 0.42 * T + 1.0)
+    fig, axes = new_figure(ncols=len(labels), width=side * len(labels) + 1.0, height=side + 0.9, squeeze=False)
+    im = None
+    for ax, label in zip(axes[0], labels):
+        A = mats[label]
+        im = ax.imshow(np.ma.masked_invalid(A), vmin=0, vmax=100, cmap="viridis", aspect="auto")
+        for t in range(T):
+            for j in range(T):
+                if np.isfinite(A[t, j]):
+                    ax.text(j, t, f"{A[t, j]:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if A[t, j] < 60 else "black")
+        ax.set_xticks(range(T), [str(i + 1) for i in range(T)])
+        ax.set_yticks(range(T), [str(i + 1) for i in range(T)])
+        ax.set_xlabel("evaluated task j")
+        ax.grid(False)
+        ax.set_title(label, fontsize=10)
+    axes[0][0].set_ylabel("after training task t")
+    fig.colorbar(im, ax=list(axes[0]), label="top-1 on task j (%)", shrink=0.85)
+    fig.suptitle(title)
+    annotate_setting(fig, setting)
+    return fig, jsonable({"matrices": mats, "setting": setting, "seeds_averaged": True})
+
+
+# -- chapter 24 (wa): the weights WA corrects, and where the predictions land ---------------------
+OLD_COLOR, NEW_COLOR = "#56B4E9", "#CC79A7"  # class groups in the norm bars (not arm colours)
+
+
+def arm_colors(results: Any) -> dict[str, str]:
+    """Colour of each arm: ``C{i}`` by order of appearance, as :func:`plot_curves` draws them."""
+    return {m: f"C{i % 10}" for i, m in enumerate(labels_of(results))}
+
+
+def _records_bias(job: dict[str, Any]) -> bool:
+    """Whether a job's learner recorded WA's norms and shares after every task t ≥ 1."""
+    return "norm_excess_last" in job["metrics"]
+
+
+def _last_extra(job: dict[str, Any]) -> dict[str, Any]:
+    ex = job["extra"].get("extras") or []
+    return ex[-1] if ex else {}
+
+
+def _recording_arms(results: Any) -> list[str]:
+    jobs = jobs_of(results)
+    return [m for m in labels_of(jobs) if any(j["arm"] == m and _records_bias(j) for j in jobs)]
+
+
+def plot_norms(results: Any, seed: int, setting: str, label: str = "wa",
+               baseline: str = "replay_kd") -> tuple[Figure, dict]:
+    """Left: per-class FC weight norms of ``label`` after the last task, before (wide, light)
+    and after (narrow, dark) aligning, old classes and the newest task's in two colours, with
+    ``baseline``'s final norms as a grey step line. Right: the new/old mean-norm ratio before
+    aligning after each task, every arm that records it (mean over seeds, min–max band)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    jobs = jobs_of(results)
+    job = next((j for j in jobs if j["arm"] == label and j["seed"] == seed), None)
+    if job is None or not _last_extra(job):
+        raise ValueError(f"no {label!r} run with seed {seed} recording weight norms")
+    ex = _last_extra(job)
+    base = next((j for j in jobs if j["arm"] == baseline and j["seed"] == seed), None)
+    nb, na = np.asarray(ex["norms_before"]), np.asarray(ex["norms_after"])
+    old, seen = ex["seen_before"], ex["seen"]
+    fig, (ax, ax2) = new_figure(ncols=2, width=11.0, height=3.9, gridspec_kw={"width_ratios": [2.2, 1]})
+    x = np.arange(seen)
+    colors = np.where(x < old, OLD_COLOR, NEW_COLOR)
+    ax.bar(x, nb, width=0.9, color=colors, alpha=0.35)
+    ax.bar(x, na, width=0.45, color=colors)
+    for lo, hi, c in ((0, old, OLD_COLOR), (old, seen, NEW_COLOR)):
+        for arr, ls in ((nb, ":"), (na, "-")):
+            ax.hlines(arr[lo:hi].mean(), lo - 0.5, hi - 0.5, colors="0.15", linestyles=ls, linewidth=1.1)
+    data: dict[str, Any] = {"label": label, "seed": seed, "old": old, "seen": seen, "norms_before": nb,
+                            "norms_after": na, "gamma": ex["gamma"]}
+    handles = [Patch(color=OLD_COLOR, label=f"old classes (0–{old - 1})"),
+               Patch(color=NEW_COLOR, label=f"last task's classes ({old}–{seen - 1})"),
+               Patch(color="0.6", alpha=0.35, label="wide, light: before aligning"),
+               Patch(color="0.6", label="narrow, dark: after aligning"),
+               Line2D([], [], color="0.15", linestyle=":", label="group mean before"),
+               Line2D([], [], color="0.15", label="group mean after")]
+    top = max(nb.max(), na.max())
+    if base is not None and _last_extra(base):
+        bn = np.asarray(_last_extra(base)["norms_before"])
+        ax.step(x, bn, where="mid", color="0.35", linewidth=1.0)
+        handles.append(Line2D([], [], color="0.35", label=f"{baseline}, seed {seed} (never aligned)"))
+        data["baseline_norms"] = bn
+        top = max(top, bn.max())
+    ax.set_ylim(0, top * 1.45)
+    ax.legend(handles=handles, loc="upper center", ncol=3, fontsize=7)
+    ticks = x if seen <= 25 else x[:: max(1, seen // 20)]
+    ax.set_xticks(ticks)
+    ax.set_xlabel("class label (stream order)")
+    ax.set_ylabel("‖W_c‖₂ of the class's FC row")
+    gtxt = f"γ = {ex['gamma']:.3f}" if ex["gamma"] is not None else "not aligned"
+    ax.set_title(f"FC weight norms after the last task: {label}, seed {seed} ({gtxt})")
+    ax.grid(axis="x", visible=False)
+    colors_by_arm = arm_colors(results)
+    ratios: dict[str, Any] = {}
+    for m in _recording_arms(jobs):
+        runs = [j["extra"]["extras"] for j in jobs if j["arm"] == m and _records_bias(j)]
+        arr = np.asarray([[e["norm_ratio_before"] for e in ex if "norm_ratio_before" in e] for ex in runs])
+        seen_x = [e["seen"] for e in runs[0] if "norm_ratio_before" in e]
+        color = colors_by_arm[m]
+        ax2.plot(seen_x, arr.mean(0), "o-", color=color, label=m)
+        if len(arr) > 1:
+            ax2.fill_between(seen_x, arr.min(0), arr.max(0), color=color, alpha=0.2, linewidth=0)
+        ratios[m] = {"seen": seen_x, "mean": arr.mean(0), "min": arr.min(0), "max": arr.max(0), "n": len(arr)}
+    ax2.axhline(1.0, color="0.4", linewidth=0.8, linestyle="--")
+    ax2.set_xlabel("classes seen")
+    ax2.set_ylabel("mean ‖W_new‖ / mean ‖W_old‖")
+    ax2.set_title("Norm ratio after each task, before aligning")
+    ax2.legend()
+    data["ratios"] = ratios
+    data["setting"] = setting
+    annotate_setting(fig, setting)
+    return fig, jsonable(data)
+
+
+def plot_new_share(results: Any, setting: str) -> tuple[Figure, dict]:
+    """Share of test predictions (all seen classes) that land in the newest task's classes
+    after each task: every recording arm as evaluated (solid), the aligning arms also just
+    before aligning (dotted), and the true share (mean over seeds, min–max band)."""
+    colors_by_arm = arm_colors(results)
+    fig, ax = new_figure(width=7.4, height=3.6)
+    data: dict[str, Any] = {}
+    truth = None
+    jobs = jobs_of(results)
+    for m in _recording_arms(jobs):
+        runs = [j["extra"]["extras"] for j in jobs if j["arm"] == m and _records_bias(j)]
+        extras = [[e for e in ex if e["task"] > 0] for ex in runs]
+        seen_x = [e["seen"] for e in extras[0]]
+        truth = (seen_x, [e["true_share"] for e in extras[0]])
+        color = colors_by_arm[m]
+        aligns = any(e["gamma"] is not None for ex in extras for e in ex)
+        after = np.asarray([[e["share_after"] for e in ex] for ex in extras])
+        ax.plot(seen_x, after.mean(0), "o-", color=color, label=m + (" (after aligning)" if aligns else ""))
+        if len(after) > 1:
+            ax.fill_between(seen_x, after.min(0), after.max(0), color=color, alpha=0.2, linewidth=0)
+        d = {"seen": seen_x, "after": after.mean(0)}
+        if aligns:
+            before = np.asarray([[e["share_before"] for e in ex] for ex in extras])
+            ax.plot(seen_x, before.mean(0), "s:", color=color, alpha=0.8, label=f"{m} before aligning")
+            d["before"] = before.mean(0)
+        data[m] = d
+    if truth is not None:
+        ax.plot(truth[0], truth[1], "k--", linewidth=1.0, label="true share")
+        data["true_share"] = {"seen": truth[0], "share": truth[1]}
+        ax.set_xticks(truth[0])
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("classes seen")
+    ax.set_ylabel("predictions in the newest task's classes (%)")
+    ax.set_title("Bias toward the new classes (test images of all seen classes)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    data["setting"] = setting
+    annotate_setting(fig, setting)
+    return fig, jsonable(data)
+

@@ -1,0 +1,133 @@
+"""The class-incremental protocol as a chapter uses it: what its parameters build, and sweeps of
+labelled arms over seeds.
+
+The protocol's parameters (``repro/papers/protocols/incremental.toml``: classes, scenario,
+class order, image subset, memory, seeds) build the stream (:func:`stream`); a learner arm's
+settings are its config class (an ``IncrementalConfig`` subclass) filled from the chapter's
+parameters by ``repro.arms.make_config`` (:func:`config`). A *plan* names the jobs of a
+chapter: ``{label: (arm, overrides)}``, e.g. ::
+
+    {"finetune": ("finetune", {}), "replay_kd": ("wa", {"align": False, "clip_weights": False}),
+     "wa": ("wa", {})}
+
+Labels are identifiers (they are the ``arm`` of the sweep's rows and of the claims); the
+same registered arm may appear under several labels with different overrides.
+
+:func:`sweep` trains every (label, seed) with ``run_stream`` through ``repro.sweep`` (seeding,
+per-task checkpoints and resume, progress, cost) and returns its ``SweepResult``. Each job's
+metrics are the accuracy matrix's numbers (``aia``, ``last``, ``forgetting``, ``old_last``,
+``new_last``) and the learner's own (``Learner.metrics``), estimated on the stream's test
+images (``n_test``); the matrix, the accuracy after each task and the per-task extras are in
+the job's ``extra``. Only this module (and the chapters) see the run; the arms see typed configs.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ... import arms as registry
+from ...sweep import Job, JobFn, SweepResult
+from ...sweep import sweep as run_sweep
+from .learners import IncrementalConfig, Learner, StreamResult, run_stream
+from .stream import Stream, StreamConfig, make_stream
+
+FAMILY = "incremental"
+SUMMARY_KEYS = ("aia", "last", "forgetting", "old_last", "new_last")
+
+Factory = Callable[[Any], Learner]
+Plan = Mapping[str, tuple[str, Mapping[str, Any]]]
+
+
+# --------------------------------------------------------------------------- the stream
+def stream_config(run) -> StreamConfig:
+    return registry.make_config(StreamConfig, run.params)
+
+
+def stream(run) -> Stream:
+    """The stream the protocol's parameters name (its data recorded in the run)."""
+    c = stream_config(run)
+    return make_stream(classes=c.classes, scenario=c.scenario, order_seed=c.order_seed,
+                       per_class=c.per_class or None, test_per_class=c.test_per_class or None,
+                       image_size=c.image_size, data_seed=c.data_seed, run=run)
+
+
+def n_test(stream: Stream) -> int:
+    """The test images behind a stream's accuracies: every test image of its classes."""
+    return int(sum(stream.test_sizes()))
+
+
+# --------------------------------------------------------------------------- configs and plans
+def config(cls: type, run, **overrides: Any):
+    """``cls`` (a dataclass) from the run's parameters, ``overrides`` winning."""
+    return registry.make_config(cls, run.params, **overrides)
+
+
+def arm_config(run, name: str, **overrides: Any):
+    """The config of registered arm ``name`` from the run's parameters."""
+    a = registry.get(FAMILY, name)
+    return registry.make_config(a.config, run.params, **overrides)
+
+
+def check_plan(plan: Plan) -> None:
+    """Labels are distinct identifiers and every arm is registered (ParameterError otherwise)."""
+    for label, (name, _) in plan.items():
+        if not str(label).isidentifier():
+            raise ValueError(f"label {label!r} must be an identifier (it becomes part of metric names)")
+        registry.get(FAMILY, name)
+
+
+def configs(run, plan: Plan) -> dict[str, tuple[registry.Arm, Any]]:
+    """label → (the registered arm, its config from the run's parameters and the overrides).
+    Every config is built, and so checked, before anything trains."""
+    check_plan(plan)
+    out = {}
+    for label, (name, overrides) in plan.items():
+        a = registry.get(FAMILY, name)
+        out[label] = (a, registry.make_config(a.config, run.params, **dict(overrides)))
+    return out
+
+
+# --------------------------------------------------------------------------- jobs and the sweep
+def stream_job(res: StreamResult, stream: Stream, learner: Learner | None = None, **extra: Any) -> Job:
+    """A sweep Job from one stream run: the matrix's summary and the learner's own metrics."""
+    metrics = {**res.summary(), **(learner.metrics(res) if learner is not None else {})}
+    return Job(metrics=metrics, n_test=n_test(stream), train_s=res.train_s, train_images=res.train_images,
+               extra={**res.extra(), "order_seed": stream.order_seed, **extra}, model=res.model)
+
+
+def learner_job(stream: Stream, factory: Factory, cfg: Any, device: Any, label: str,
+                progress: bool = True) -> JobFn:
+    """The job that trains ``factory(cfg)`` over ``stream`` for one seed (resumable per task)."""
+    def job(seed: int, checkpoint_dir) -> Job:
+        learner = factory(cfg)
+        res = run_stream(stream, learner, seed, device, checkpoint_dir=checkpoint_dir, progress=progress,
+                         label=label)
+        return stream_job(res, stream, learner)
+    return job
+
+
+def sweep(run, stream: Stream, plan: Plan, *, factory: Callable[[registry.Arm], Factory] | None = None,
+          keep_models: bool = False, progress: bool = True, note: bool = True) -> SweepResult:
+    """Train every (label, seed) of ``plan`` over ``stream`` (all labels of a seed, then the
+    next seed); returns the sweep's result, its rows logged in the run.
+
+    ``factory(arm)``: how to make the learner of an arm from its config (default: the arm's
+    class, e.g. ``nmc`` starts it from a pretrained backbone). ``note``: keep every job's
+    metrics and extras in the record's notes (``notes["jobs"]``).
+    """
+    cfgs = configs(run, plan)
+    make = factory or (lambda a: a.impl)
+    jobs = {label: learner_job(stream, make(a), cfg, run.device, label, progress) for label, (a, cfg) in cfgs.items()}
+    res = run_sweep(run, jobs, keep_models=keep_models, progress=progress)
+    if note:
+        note_jobs(run, res)
+    return res
+
+
+def note_jobs(run, res: SweepResult) -> None:
+    """Add the sweep's jobs (metrics, cost, extras; no models) to the record's notes."""
+    run.note(jobs=run.notes.get("jobs", []) + res.jsonable())
+

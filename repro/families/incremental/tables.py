@@ -1,0 +1,50 @@
+"""The class-incremental family's tables (Markdown, through ``repro.tables``), drawn from sweep
+results: the protocol's summary for every chapter, and each chapter's own tables."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ...metrics import mean_std_text
+from ...tables import markdown_table
+from .figures import jobs_of, labels_of
+
+SUMMARY_KEYS = ("aia", "last", "forgetting", "old_last", "new_last")
+
+
+def summary_markdown(results: Any, labels: Sequence[str] | None = None) -> str:
+    """Mean ± std over seeds of AIA, last accuracy, forgetting, the final old/new split and the
+    training time of each arm."""
+    jobs = jobs_of(results)
+    rows = []
+    for label in labels_of(jobs, labels):
+        runs = [j for j in jobs if j["arm"] == label]
+        ms = {k: mean_std_text([j["metrics"][k] for j in runs]) for k in SUMMARY_KEYS}
+        rows.append([f"{label} (n={len(runs)})", ms["aia"], ms["last"], ms["forgetting"],
+                     f"{ms['old_last']} / {ms['new_last']}", f"{np.mean([j['train_s'] for j in runs]):.1f}"])
+    return markdown_table(["learner", "AIA %", "last %", "forgetting (pts)", "old / new after the last task %",
+                           "train s / run"], rows)
+
+
+# -- chapter 24 (wa) ---------------------------------------------------------------------------------
+def bias_markdown(results: Any, labels: Sequence[str] | None = None) -> str:
+    """Mean over seeds, after the last task, of WA's bias numbers for each arm that records them."""
+    jobs = jobs_of(results)
+    rows = []
+    for label in labels_of(jobs, labels):
+        runs = [j for j in jobs if j["arm"] == label and "norm_excess_last" in j["metrics"]]
+        if not runs:
+            continue
+        ex = [j["extra"]["extras"][-1] for j in runs]
+        g = [e["gamma"] for e in ex if e["gamma"] is not None]
+        rows.append([f"{label} (n={len(runs)})", f"{np.mean([j['metrics']['norm_excess_last'] for j in runs]):+.1f}",
+                     f"{np.mean([j['metrics']['norm_excess_mean'] for j in runs]):+.1f}",
+                     f"{np.mean(g):.3f}" if g else "—",
+                     f"{np.mean([e['share_before'] for e in ex]):.1f} / {np.mean([e['share_after'] for e in ex]):.1f}"
+                     f" / {np.mean([e['true_share'] for e in ex]):.1f}"])
+    return markdown_table(["learner", "new/old weight-norm excess before aligning, last task %",
+                           "same, mean over tasks %", "γ at the last task",
+                           "predictions in the newest classes: before aligning / after / true %"], rows)
+
