@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ...plots.style import annotate_setting, jsonable, new_figure
 
@@ -275,3 +276,34 @@ def plot_new_share(results: Any, setting: str) -> tuple[Figure, dict]:
     annotate_setting(fig, setting)
     return fig, jsonable(data)
 
+
+# -- chapter 10 (nmc): does the NMC follow the backbone's quality? ------------------------------------
+def plot_pretraining(info: dict[str, Any], final: dict[str, float], setting: str) -> tuple[Figure, dict]:
+    """Backbone quality during pretraining: its own test accuracy on the pretraining classes
+    and the NMC's AIA / last accuracy on the evaluated stream, after every epoch.
+
+    ``final``: other learners' AIA with the final backbone (mean over seeds), drawn as
+    horizontal references."""
+    hist = info.get("history", [])
+    ep = np.array([h["epoch"] for h in hist])
+    fig, ax = new_figure(width=7.6, height=3.4)
+    data: dict[str, Any] = {"epoch": ep}
+    if hist and "test_acc" in hist[0]:
+        acc = np.array([h.get("test_acc", np.nan) for h in hist])
+        ax.plot(ep, acc, "s--", color="0.4", label="backbone top-1 on its own pretraining classes")
+        data["pretrain_test_acc"] = acc
+    if hist and "nmc_aia" in hist[0]:
+        for k, style, lab in (("nmc_aia", "o-", "NMC AIA on the stream"), ("nmc_last", "^-", "NMC last on the stream")):
+            v = np.array([h[k] for h in hist])
+            ax.plot(ep, v, style, label=lab)
+            data[k] = v
+    for i, (lab, v) in enumerate(final.items()):
+        ax.axhline(v, color=f"C{i + 2}", lw=1.2, ls=":", label=f"{lab}, AIA (final backbone)")
+    data["references"] = final
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("pretraining epoch")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("Does NMC's accuracy follow the backbone's quality?")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: the curves cross the whole panel
+    annotate_setting(fig, setting)
+    return fig, jsonable(data)

@@ -19,6 +19,9 @@ metrics are the accuracy matrix's numbers (``aia``, ``last``, ``forgetting``, ``
 ``new_last``) and the learner's own (``Learner.metrics``), estimated on the stream's test
 images (``n_test``); the matrix, the accuracy after each task and the per-task extras are in
 the job's ``extra``. Only this module (and the chapters) see the run; the arms see typed configs.
+
+Chapter-specific glue that needs the run (nmc's backbone and frozen features, OCA's old
+model, GTEP's two streams and its search) is at the end of this module.
 """
 from __future__ import annotations
 
@@ -131,3 +134,73 @@ def note_jobs(run, res: SweepResult) -> None:
     """Add the sweep's jobs (metrics, cost, extras; no models) to the record's notes."""
     run.note(jobs=run.notes.get("jobs", []) + res.jsonable())
 
+
+# --------------------------------------------------------------------------- chapter 10 (nmc)
+def frozen_job(features: Any, impl: Callable[..., StreamResult], cfg: Any, label: str) -> JobFn:
+    """The job of a frozen-feature arm (``impl(features, cfg, seed, label=…)``, no training of
+    the backbone) on features extracted once."""
+    def job(seed: int, checkpoint_dir) -> Job:
+        return stream_job(impl(features, cfg, seed, label=label), features.stream)
+    return job
+
+
+def nmc_stream(run) -> tuple[Stream, list[int]]:
+    """Chapter 10's evaluated stream and pretraining classes (CIFAR-100 ids; [] for a timm backbone).
+
+    Every config is checked first; then the protocol's stream is loaded, less the tasks that hold
+    pretraining classes (recorded in the run's notes, and in the figure captions through the
+    data description)."""
+    from ...data import class_order
+    from .arms import nmc
+
+    bcfg = config(nmc.BackboneConfig, run)
+    for label, (a, cfg) in configs(run, nmc.PLAN).items():
+        if a.name not in nmc.FROZEN_ARMS:
+            nmc.check_finetune(cfg)
+    scfg = stream_config(run)
+    pre: list[int] = []
+    kept = None
+    if bcfg.backbone == nmc.CIFAR:
+        pre, kept = nmc.pretrain_split(class_order(scfg.order_seed), nmc.protocol_tasks(scfg), bcfg.pretrain_classes)
+    s = stream(run)
+    if kept is None:
+        return s, []
+    if kept < s.num_tasks:
+        s = nmc.restrict_stream(s, kept)
+        run.data_info["description"] = s.data.describe()
+    run.note(stream={"scenario": s.scenario, "tasks": s.num_tasks, "classes": s.num_classes,
+                     "order": s.order, "pretrain_classes": pre})
+    return s, pre
+
+
+def nmc_backbone(run, stream: Stream, pretrain_ids: list[int]):
+    """The backbone the parameters name: pretrained here (from the backbones store) or a timm
+    model's weights. Its facts (source, accuracy, cost, store key) go in the record's notes."""
+    from .arms import nmc
+
+    bcfg = config(nmc.BackboneConfig, run)
+    if bcfg.backbone == nmc.CIFAR:
+        backbone = nmc.cifar_backbone(bcfg, stream_config(run), stream, pretrain_ids, run.device).value
+    else:
+        backbone = nmc.timm_backbone(bcfg.backbone, bcfg.weights, bcfg.timm_pretrained)
+    run.note(backbone=dict(backbone.info))
+    return backbone
+
+
+def nmc_sweep(run, stream: Stream, backbone: Any, progress: bool = True) -> SweepResult:
+    """Chapter 10's arms over the seeds: the frozen-feature ones (``nmc``, ``nmc_raw``,
+    ``probe_seq``, ``joint_probe``) on features extracted once, fine-tuning and replay from the
+    backbone through the incremental loop (checkpointed per task)."""
+    from .arms import nmc
+
+    feats = nmc.frozen_features(backbone.frozen(), stream, run.device)
+    run.note(features={"dim": int(feats.f_train.shape[1]), "extract_s": round(feats.extract_s, 2)})
+    jobs: dict[str, JobFn] = {}
+    for label, (a, cfg) in configs(run, nmc.PLAN).items():
+        if a.name in nmc.FROZEN_ARMS:
+            jobs[label] = frozen_job(feats, a.impl, cfg, label)
+        else:
+            jobs[label] = learner_job(stream, nmc.pretrained(a.impl, backbone), cfg, run.device, label, progress)
+    res = run_sweep(run, jobs, progress=progress)
+    note_jobs(run, res)
+    return res

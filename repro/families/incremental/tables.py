@@ -48,3 +48,16 @@ def bias_markdown(results: Any, labels: Sequence[str] | None = None) -> str:
                            "same, mean over tasks %", "γ at the last task",
                            "predictions in the newest classes: before aligning / after / true %"], rows)
 
+
+# -- chapter 10 (nmc) ----------------------------------------------------------------------------------
+def backbone_markdown(backbone: Any, stream: Any) -> str:
+    """One paragraph on the backbone: where it comes from, its accuracy and cost."""
+    i = backbone.info
+    if i.get("source") == "pretrained here":
+        return (f"Backbone: **{i['arch']}** ({i['params']:,} parameters) pretrained here with labels on "
+                f"{len(i['classes'])} CIFAR-100 classes outside the stream ({i['data']}), {i['epochs']} epochs: "
+                f"top-1 {i['test_acc']:.1f}% on those classes' test images, {i['train_s']:.0f} s of training "
+                f"({'trained in this run' if i.get('built_now') else 'loaded from the backbones store'}). "
+                f"Evaluated stream: {stream.describe()}.")
+    return (f"Backbone: **{backbone.name}** ({i['params']:,} parameters, weights from {i['source']}), input "
+            f"{i['input_size']} px. Evaluated stream: {stream.describe()}.")
