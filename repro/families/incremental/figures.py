@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from ...plots.style import annotate_setting, jsonable, new_figure
+from ...plots.style import COLORS, annotate_setting, jsonable, new_figure
 
 
 def accuracy_matrix_heatmap(A: Any, setting: str | None, title: str | None = None,
@@ -307,3 +308,106 @@ def plot_pretraining(info: dict[str, Any], final: dict[str, float], setting: str
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: the curves cross the whole panel
     annotate_setting(fig, setting)
     return fig, jsonable(data)
+
+
+# -- chapter 01 (oca): compatibility matrices, the trade-off, the extra dimensions ------------------
+def _pairs_of(results: Any, arm: str) -> list[dict[str, Any]]:
+    """The retrieval pairs of each seed's job of ``arm`` (chapter 01)."""
+    return [j["extra"]["pairs"] for j in jobs_of(results) if j["arm"] == arm]
+
+
+def mean_pairs(results: Any, arm: str, key: str = "map") -> dict[str, float]:
+    """Mean over seeds of each pair's metric for one arm; old/old from the old model's jobs."""
+    rs = _pairs_of(results, arm)
+    out = {"old_old": float(np.mean([p["old_old"][key] for p in _pairs_of(results, "old")]))}
+    for p in ("new_old", "new_new", "old_new"):
+        out[p] = float(np.mean([r[p][key] for r in rs]))
+    return out
+
+
+def plot_compatibility(results: Any, arms: Sequence[str], setting: str, key: str = "map") -> tuple[Figure, dict]:
+    """One 2×2 compatibility matrix per arm (rows: query model, columns: gallery model), mean
+    over seeds. The old-query/new-gallery cell is not a deployment case and is left blank.
+    A green frame marks new/old > old/old (compatible), a red one the opposite."""
+    mats = {a: mean_pairs(results, a, key) for a in arms}
+    vmax = max(max(v for k, v in m.items() if k != "old_new") for m in mats.values())
+    fig, axes = new_figure(ncols=len(arms), width=2.6 * len(arms) + 1.0, height=3.0, squeeze=False)
+    im = None
+    for ax, arm in zip(axes[0], arms):
+        m = mats[arm]
+        A = np.array([[m["old_old"], np.nan], [m["new_old"], m["new_new"]]])
+        im = ax.imshow(np.ma.masked_invalid(A), vmin=0, vmax=vmax, cmap="viridis")
+        for i in range(2):
+            for j in range(2):
+                if np.isfinite(A[i, j]):
+                    ax.text(j, i, f"{A[i, j]:.1f}", ha="center", va="center", fontsize=9,
+                            color="white" if A[i, j] < 0.6 * vmax else "black")
+        ok = m["new_old"] > m["old_old"]
+        ax.add_patch(Rectangle((-0.5, 0.5), 1, 1, fill=False, linewidth=2.5,
+                               edgecolor=COLORS[2] if ok else COLORS[1]))
+        ax.set_xticks([0, 1], ["old", "new"])
+        ax.set_yticks([0, 1], ["old", "new"])
+        ax.set_xlabel("gallery model")
+        ax.grid(False)
+        ax.set_title(arm, fontsize=10)
+    axes[0][0].set_ylabel("query model")
+    fig.colorbar(im, ax=list(axes[0]), label=f"{'mAP' if key == 'map' else key} (%)", shrink=0.85)
+    fig.suptitle(f"Compatibility matrix ({'mAP' if key == 'map' else key}, mean over seeds)")
+    annotate_setting(fig, setting)
+    return fig, jsonable({"matrices": mats, "metric": key, "setting": setting})
+
+
+def plot_pairs(results: Any, arms: Sequence[str], setting: str) -> tuple[Figure, dict]:
+    """Left: new/old and new/new mAP per arm (bars: mean, dots: seeds), old/old as a line.
+    Right: the trade-off, compatibility gain (new/old − old/old) against new/new, per run."""
+    fig, (a, b) = new_figure(ncols=2, width=9.6, height=3.6)
+    jobs = jobs_of(results)
+    olds = {j["seed"]: j["extra"]["pairs"]["old_old"]["map"] for j in jobs if j["arm"] == "old"}
+    oo = float(np.mean(list(olds.values())))
+    x = np.arange(len(arms))
+    data: dict[str, Any] = {"old_old": olds, "arms": {}}
+    for j, (pair, label) in enumerate((("new_old", "new/old (old gallery)"), ("new_new", "new/new"))):
+        vals = [[p[pair]["map"] for p in _pairs_of(jobs, arm)] for arm in arms]
+        a.bar(x + (j - 0.5) * 0.38, [np.mean(v) for v in vals], width=0.36, color=COLORS[j], alpha=0.85, label=label)
+        for i, v in enumerate(vals):
+            a.scatter(np.full(len(v), x[i] + (j - 0.5) * 0.38), v, color="black", s=10, zorder=3)
+    a.axhline(oo, color="0.3", linestyle="--", linewidth=1.2, label="old/old")
+    a.set_xticks(x, arms, rotation=15)
+    a.set_ylabel("mAP (%)")
+    a.set_title("Retrieval per arm")
+    a.legend(fontsize=8)
+    for i, arm in enumerate(arms):
+        rs = [j for j in jobs if j["arm"] == arm]
+        gx = [r["extra"]["pairs"]["new_old"]["map"] - olds[r["seed"]] for r in rs]
+        gy = [r["extra"]["pairs"]["new_new"]["map"] for r in rs]
+        b.scatter(gx, gy, color=COLORS[i % len(COLORS)], s=28, label=arm)
+        b.scatter([np.mean(gx)], [np.mean(gy)], color=COLORS[i % len(COLORS)], marker="X", s=80, edgecolor="black")
+        data["arms"][arm] = {"gain": gx, "new_new": gy, "seeds": [r["seed"] for r in rs]}
+    b.axvline(0, color="0.3", linewidth=1)
+    b.set_xlabel("compatibility gain: new/old − old/old (mAP pts)")
+    b.set_ylabel("new/new mAP (%)")
+    b.set_title("Compatible (right of 0) and good (up)")
+    b.legend(fontsize=8)
+    annotate_setting(fig, setting)
+    return fig, jsonable({**data, "setting": setting})
+
+
+def plot_feature_variance(results: Any, arms: Sequence[str], embed_dim: int, setting: str) -> tuple[Figure, dict]:
+    """Per-dimension variance of the retrieval feature f over the test images (mean over
+    seeds), for the arms with extra dimensions: are the extra ones used?"""
+    jobs = jobs_of(results)
+    arms = [a for a in arms if any(j["arm"] == a and j["extra"]["dim"] > embed_dim for j in jobs)]
+    fig, ax = new_figure(width=6.4, height=3.2)
+    data: dict[str, Any] = {}
+    for i, arm in enumerate(arms):
+        v = np.mean([j["extra"]["feature_var"] for j in jobs if j["arm"] == arm], axis=0)
+        ax.plot(np.arange(len(v)), v, color=COLORS[i % len(COLORS)], label=arm, linewidth=1.2)
+        data[arm] = {"variance": v, "old_part_share": float(v[:embed_dim].sum() / v.sum()) if v.sum() > 0 else None}
+    ax.axvspan(embed_dim - 0.5, max([len(d["variance"]) for d in data.values()], default=embed_dim) - 0.5,
+               color="0.85", alpha=0.6, label="extra dimensions")
+    ax.set_xlabel("feature dimension")
+    ax.set_ylabel("variance over test images")
+    ax.set_title("Does the new model use its extra dimensions?")
+    ax.legend(fontsize=8)
+    annotate_setting(fig, setting)
+    return fig, jsonable({"arms": data, "embed_dim": embed_dim, "setting": setting})

@@ -35,6 +35,7 @@ from ... import arms as registry
 from ...sweep import Job, JobFn, SweepResult
 from ...sweep import sweep as run_sweep
 from .learners import IncrementalConfig, Learner, StreamResult, run_stream
+from .memory import extract_features
 from .stream import Stream, StreamConfig, make_stream
 
 FAMILY = "incremental"
@@ -201,6 +202,60 @@ def nmc_sweep(run, stream: Stream, backbone: Any, progress: bool = True) -> Swee
             jobs[label] = frozen_job(feats, a.impl, cfg, label)
         else:
             jobs[label] = learner_job(stream, nmc.pretrained(a.impl, backbone), cfg, run.device, label, progress)
+    res = run_sweep(run, jobs, progress=progress)
+    note_jobs(run, res)
+    return res
+
+
+# --------------------------------------------------------------------------- chapter 01 (oca)
+def oca_sweep(run, stream: Stream, plan: Plan, progress: bool = True) -> SweepResult:
+    """Chapter 01's jobs over the seeds: per seed the ``old`` model (the first half of the
+    classes) and its pseudo-classifier, then every new model of ``plan`` (all classes), each
+    scored by leave-one-out retrieval on the stream's test images against the old model's
+    gallery and its own. The old model of a seed is trained once (its job) and reused by the
+    new models' jobs; every training is checkpointed under its (label, seed)."""
+    from .arms import oca
+
+    base = config(oca.CompatConfig, run)
+    cfgs = configs(run, plan)
+    K = stream.num_classes
+    n_old = oca.old_classes(K)
+    y_train = stream.data.y_train
+    old_idx = torch.nonzero(y_train < n_old).flatten()
+    new_idx = torch.arange(len(y_train))
+    x_test, y_test = stream.data.x_test, stream.data.y_test
+    n = int(len(y_test))
+    olds: dict[int, dict[str, Any]] = {}
+
+    def old_state(seed: int) -> dict[str, Any]:
+        if seed not in olds:  # one seed's old model at a time (the sweep runs a seed's jobs together)
+            olds.clear()
+            model, fitres = oca.train_model(oca.OldModel(base), stream, old_idx, n_old, seed, run.device,
+                                            run.checkpoint_dir("old", seed))
+            P = oca.pseudo_classifier(model, stream.data.x_train, y_train, K, run.device, base.pseudo_classifier)
+            olds[seed] = {"model": model, "fit": fitres, "P": P, "f_old": extract_features(model, x_test, run.device)}
+        return olds[seed]
+
+    def old_job(seed: int, checkpoint_dir) -> Job:
+        st = old_state(seed)
+        pairs = {"old_old": oca.retrieval_metrics(st["f_old"], y_test, st["f_old"], y_test)}
+        acc = oca.accuracy(st["model"], stream, n_old, run.device)
+        return Job.from_fits([st["fit"]], oca.old_metrics(pairs, acc), n_test=n, extra={"pairs": pairs, "classes": n_old})
+
+    def new_job(a: registry.Arm, cfg: Any) -> JobFn:
+        def job(seed: int, checkpoint_dir) -> Job:
+            st = old_state(seed)
+            model, fitres = oca.train_model(a.impl(cfg), stream, new_idx, K, seed, run.device, checkpoint_dir, st["P"])
+            f_new = extract_features(model, x_test, run.device)
+            pairs = oca.compatibility_matrix(st["f_old"], f_new, y_test)
+            acc = oca.accuracy(model, stream, K, run.device)
+            return Job.from_fits([fitres], oca.new_metrics(pairs, acc), n_test=n,
+                                 extra={"pairs": pairs, "classes": K, "dim": model.dim,
+                                        "ortho_error": model.ortho_error(), "feature_var": f_new.var(0).tolist()})
+        return job
+
+    jobs: dict[str, JobFn] = {"old": old_job}
+    jobs.update({label: new_job(a, cfg) for label, (a, cfg) in cfgs.items()})
     res = run_sweep(run, jobs, progress=progress)
     note_jobs(run, res)
     return res

@@ -61,3 +61,22 @@ def backbone_markdown(backbone: Any, stream: Any) -> str:
                 f"Evaluated stream: {stream.describe()}.")
     return (f"Backbone: **{backbone.name}** ({i['params']:,} parameters, weights from {i['source']}), input "
             f"{i['input_size']} px. Evaluated stream: {stream.describe()}.")
+
+
+# -- chapter 01 (oca) ----------------------------------------------------------------------------------
+def compatibility_markdown(results: Any, arms: Sequence[str]) -> str:
+    """Mean ± std over seeds: mAP and CMC top-1 of each pair, classification top-1, ‖WᵀW − I‖,
+    training time. The old model's row holds old/old."""
+    jobs = jobs_of(results)
+    rows = []
+    for m in ["old", *arms]:
+        rs = [j for j in jobs if j["arm"] == m]
+        if not rs:
+            continue
+        p = lambda pair, k: mean_std_text([r["extra"]["pairs"][pair][k] for r in rs if pair in r["extra"]["pairs"]], ".1f")
+        ortho = "—" if m == "old" else mean_std_text([r["extra"]["ortho_error"] for r in rs], ".1e")
+        rows.append([f"{m} (n={len(rs)})", p("old_old", "map"), p("new_old", "map"), p("new_new", "map"),
+                     p("new_old", "top1"), p("new_new", "top1"), mean_std_text([r["metrics"]["acc"] for r in rs], ".1f"),
+                     ortho, f"{np.mean([r['train_s'] for r in rs]):.1f}"])
+    return markdown_table(["model", "old/old mAP", "new/old mAP", "new/new mAP", "new/old top-1", "new/new top-1",
+                           "classifier top-1 %", "‖WᵀW − I‖", "train s"], rows)
