@@ -7,7 +7,8 @@ import torch
 
 from repro.families.incremental import AccuracyMatrix, ExemplarMemory, check_tasks, herding_order, make_stream
 from repro.families.incremental.arms.baselines import BASELINES
-from repro.families.incremental.learners import IncrementalConfig, kd_old_classes, run_stream
+from repro.families.incremental.learners import IncrementalConfig, run_stream
+from repro.losses.incremental import kd_old_classes
 from repro.families.incremental.stream import parse_scenario
 
 

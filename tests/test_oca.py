@@ -14,6 +14,7 @@ from repro import arms
 from repro.families.incremental import figures, protocol, tables
 from repro.families.incremental.arms import oca as C
 from repro.families.incremental.stream import make_stream
+from repro.losses import incremental as L
 from repro.papers import load_spec
 from repro.run import Run
 
@@ -103,11 +104,11 @@ CE_2_0 = math.log(1 + math.exp(-2))   # 0.126928
 
 def test_influence_and_alignment_by_hand():
     P, y = torch.eye(2), torch.tensor([0])
-    assert C.influence_loss(torch.tensor([[5.0, 0.0]]), P, y, 0.0).item() == pytest.approx(CE_1_0, abs=1e-6)
+    assert L.influence_loss(torch.tensor([[5.0, 0.0]]), P, y, 0.0).item() == pytest.approx(CE_1_0, abs=1e-6)
     # label smoothing 0.1 over 2 classes: 0.9·CE + 0.1·mean_c(−log p_c)
     ls = 0.9 * CE_1_0 + 0.1 * (CE_1_0 + (1 + CE_1_0)) / 2
-    assert C.influence_loss(torch.tensor([[5.0, 0.0]]), P, y, 0.1).item() == pytest.approx(ls, abs=1e-6)
-    assert C.alignment_loss(torch.tensor([[1.0, 1.0]]), P, y).item() == pytest.approx(1 - 1 / math.sqrt(2), abs=1e-6)
+    assert L.influence_loss(torch.tensor([[5.0, 0.0]]), P, y, 0.1).item() == pytest.approx(ls, abs=1e-6)
+    assert L.alignment_loss(torch.tensor([[1.0, 1.0]]), P, y).item() == pytest.approx(1 - 1 / math.sqrt(2), abs=1e-6)
 
 
 class Stub(nn.Module):

@@ -8,6 +8,7 @@ per-task ``extras``…).
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -411,3 +412,79 @@ def plot_feature_variance(results: Any, arms: Sequence[str], embed_dim: int, set
     ax.legend(fontsize=8)
     annotate_setting(fig, setting)
     return fig, jsonable({"arms": data, "embed_dim": embed_dim, "setting": setting})
+
+
+# -- chapter 04 (gcab): feature drift and gate usage ---------------------------------------------------
+def drift_table(results: Any, label: str) -> dict[str, np.ndarray]:
+    """Mean over seeds of the relative drift D[t, c] of task c's features after task t
+    (raw and, for FDC, through the cascade); NaN where c ≥ t."""
+    runs = [j["extra"]["extras"] for j in jobs_of(results) if j["arm"] == label]
+    T = len(runs[0])
+    out = {}
+    for kind in ("raw", "compensated"):
+        mats = []
+        for extras in runs:
+            D = np.full((T, T), np.nan)
+            for t, ex in enumerate(extras):
+                for row in ex.get("drift", []):
+                    if kind in row:
+                        D[t, row["task"]] = row[kind]
+            mats.append(D)
+        M = np.array(mats)
+        if np.isfinite(M).any():
+            with warnings.catch_warnings():  # the upper triangle is all-NaN by definition
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out[kind] = np.nanmean(M, axis=0)
+    return out
+
+
+def plot_drift_and_masks(results: Any, setting: str, labels: Sequence[str] = ("finetune", "gated", "gcab"),
+                         ) -> tuple[Figure, dict]:
+    """Left: feature drift of the oldest task (task 1) after each later task, relative
+    ‖F_1 − F_t‖/‖F_1‖ on fixed test images — raw for every learner, and through GCAB's
+    projector cascade. Right: fraction of the gated block's units each task claims (all and
+    new), per learner with gating."""
+    fig, (ax, bx) = new_figure(ncols=2, width=10.0, height=3.8)
+    data: dict[str, Any] = {"drift_task1": {}, "mask_usage": {}}
+    styles = {"finetune": "C0", "gated": "C1", "gcab": "C2"}
+    jobs = jobs_of(results)
+    for label in labels:
+        if not any(j["arm"] == label for j in jobs):
+            continue
+        D = drift_table(jobs, label)
+        T = D["raw"].shape[0]
+        xs = np.arange(2, T + 1)
+        ax.plot(xs, D["raw"][1:, 0], "-o", color=styles.get(label), label=f"{label}: raw")
+        data["drift_task1"][f"{label}_raw"] = D["raw"][1:, 0]
+        if "compensated" in D:
+            ax.plot(xs, D["compensated"][1:, 0], "--s", color=styles.get(label), label=f"{label}: through cascade")
+            data["drift_task1"][f"{label}_compensated"] = D["compensated"][1:, 0]
+    T = max((len(j["extra"]["extras"]) for j in jobs), default=1)
+    ax.set_xticks(range(2, T + 1))
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("after training task t")
+    ax.set_ylabel("‖F₁ − F_t‖ / ‖F₁‖ (task-1 features)")
+    ax.set_title("Feature drift of task 1, mean over seeds")
+    ax.legend(fontsize=8)
+    width, k = 0.38, 0
+    for label in labels:
+        runs = [j["extra"]["extras"] for j in jobs
+                if j["arm"] == label and j["extra"]["extras"] and "mask_usage" in j["extra"]["extras"][0]]
+        if not runs:
+            continue
+        T = len(runs[0])
+        use = np.mean([[ex["mask_usage"]["m2"] for ex in r] for r in runs], axis=0)
+        new = np.mean([[ex["mask_usage"]["m2_new"] for ex in r] for r in runs], axis=0)
+        xs = np.arange(1, T + 1) + (k - 0.5) * width
+        bx.bar(xs, use, width, color=styles.get(label), alpha=0.35, label=f"{label}: units used")
+        bx.bar(xs, new, width, color=styles.get(label), label=f"{label}: newly claimed")
+        data["mask_usage"][label] = {"used": use, "new": new}
+        k += 1
+    bx.set_xticks(range(1, T + 1))
+    bx.set_ylim(0, 1.05)
+    bx.set_xlabel("task t")
+    bx.set_ylabel("fraction of the MLP's hidden units")
+    bx.set_title("Gate usage of the class-attention MLP (m2), mean over seeds")
+    bx.legend(fontsize=8, ncol=2, loc="upper right")
+    annotate_setting(fig, setting)
+    return fig, jsonable({**data, "setting": setting})

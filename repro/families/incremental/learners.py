@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from ... import models
 from ...io import save_torch
 from ...losses.distillation import check_temperature
+from ...losses.incremental import masked_ce
 from ...train import TrainConfig, dry_run, fit, predict
 from .memory import MODES, ExemplarMemory, extract_features
 from .metrics import AccuracyMatrix
@@ -77,18 +78,6 @@ class IncrementalConfig:
         ep = self.epochs_first if (t == 0 and self.epochs_first) else self.epochs
         return TrainConfig(epochs=ep, lr=self.lr, weight_decay=self.weight_decay, schedule=self.schedule,
                            milestones=tuple(self.milestones), desc=desc)
-
-
-def masked_ce(logits: torch.Tensor, y: torch.Tensor, seen: int) -> torch.Tensor:
-    """Cross-entropy over the first ``seen`` classes only."""
-    return F.cross_entropy(logits[:, :seen], y)
-
-
-def kd_old_classes(logits: torch.Tensor, old_logits: torch.Tensor, old: int, temperature: float) -> torch.Tensor:
-    """Soft cross-entropy between the previous and the current model on the ``old`` classes, at T
-    (iCaRL/PyCIL's KD term; equals KL plus the old model's entropy, a constant)."""
-    p_old = F.softmax(old_logits[:, :old] / temperature, dim=1)
-    return -(p_old * F.log_softmax(logits[:, :old] / temperature, dim=1)).sum(1).mean()
 
 
 class Learner:

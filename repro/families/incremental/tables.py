@@ -80,3 +80,18 @@ def compatibility_markdown(results: Any, arms: Sequence[str]) -> str:
                      ortho, f"{np.mean([r['train_s'] for r in rs]):.1f}"])
     return markdown_table(["model", "old/old mAP", "new/old mAP", "new/new mAP", "new/old top-1", "new/new top-1",
                            "classifier top-1 %", "‖WᵀW − I‖", "train s"], rows)
+
+
+# -- chapter 04 (gcab) ---------------------------------------------------------------------------------
+def mask_markdown(results: Any, label: str = "gcab") -> str:
+    """Per task, mean over seeds: the fraction of channels (m0) and hidden units (m2) the
+    task's binary mask uses, how many of them were new, and the claimed total after it."""
+    runs = [j["extra"]["extras"] for j in jobs_of(results) if j["arm"] == label]
+    if not runs or "mask_usage" not in runs[0][0]:
+        return ""
+    keys = ("m0", "m0_new", "m0_claimed", "m2", "m2_new", "m2_claimed")
+    rows = []
+    for t in range(len(runs[0])):
+        v = {k: np.mean([r[t]["mask_usage"][k] for r in runs]) for k in keys}
+        rows.append([t + 1, *(f"{v[k]:.2f}" for k in keys)])
+    return markdown_table([f"task ({label})", "m0 used", "m0 new", "m0 claimed", "m2 used", "m2 new", "m2 claimed"], rows)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from ....arms import arm
-from ..learners import IncrementalConfig, Learner, kd_old_classes, masked_ce
+from ....losses.incremental import kd_old_classes, masked_ce
+from ..learners import IncrementalConfig, Learner
 
 FAMILY = "incremental"
 

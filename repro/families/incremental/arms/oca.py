@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from .... import models
 from ....arms import arm
 from ....layers.compatible import EmbeddingNet
+from ....losses.incremental import alignment_loss, influence_loss
 from ....train import FitResult, TrainConfig, dry_run, fit, predict
 from ..memory import class_means, extract_features
 from ..stream import Stream
@@ -166,16 +167,6 @@ def pseudo_classifier(old: EmbeddingNet, images: torch.Tensor, labels: torch.Ten
         head = old.classifier.weight.detach().float().cpu()
         P[: head.shape[0]] = head
     return P
-
-
-def influence_loss(f_old: torch.Tensor, P: torch.Tensor, y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """CE of normalize(f_old)·Pᵀ: the new feature classified by the old model's pseudo-classifier."""
-    return F.cross_entropy(F.normalize(f_old, dim=1) @ P.T, y, label_smoothing=label_smoothing)
-
-
-def alignment_loss(f_old: torch.Tensor, P: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean of 1 − cos(f_old, P[y]): pulls each feature toward its class prototype in the old space."""
-    return (1.0 - F.cosine_similarity(f_old, P[y], dim=1)).mean()
 
 
 def loss_fn(role: str, cfg: CompatConfig, P: torch.Tensor | None = None):

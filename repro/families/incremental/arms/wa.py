@@ -21,7 +21,7 @@ Two ways to weight the distillation term are offered, because the reimplementati
 * ``kd_mode="pycil"``: L = CE + kd_weight·KD (PyCIL uses kd_weight = 2).
 
 KD is the soft cross-entropy at temperature T on the old classes' logits
-(``repro.families.incremental.learners.kd_old_classes``), as in PyCIL.
+(``repro.losses.incremental.kd_old_classes``), as in PyCIL.
 
 The arm's config, :class:`WAConfig`, switches the parts: ``align=False, clip_weights=False``
 is the same learner without WA (the chapter's ``replay_kd`` label, with exactly WA's loss). In
@@ -41,7 +41,8 @@ import torch.nn as nn
 
 from ....arms import arm
 from ....train import predict
-from ..learners import IncrementalConfig, StreamResult, kd_old_classes, masked_ce
+from ....losses.incremental import kd_old_classes, masked_ce
+from ..learners import IncrementalConfig, StreamResult
 from ..stream import Stream
 from .baselines import FAMILY, ReplayKD
 
