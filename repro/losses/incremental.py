@@ -5,12 +5,15 @@
 * ``seen_classes_loss``: BCE per class or softmax CE over the seen classes (GCAB);
 * ``hat_regulariser``: HAT's sparsity term on the task masks (GCAB);
 * ``influence_loss``, ``alignment_loss``: backward-compatible training through the old model's
-  pseudo-classifier (BCT, OCA).
+  pseudo-classifier (BCT, OCA);
+* ``feature_kd``, ``na_loss``: feature distillation and the neighbourhood-aware loss over coding
+  vectors (PASS, NAPA-VQ).
 
 Shapes: logits ``[B, C]``, labels ``[B]``, features ``[B, D]``, pseudo-classifier ``[K, D]``.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -58,3 +61,24 @@ def influence_loss(f_old: torch.Tensor, P: torch.Tensor, y: torch.Tensor, label_
 def alignment_loss(f_old: torch.Tensor, P: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean of 1 − cos(f_old, P[y]): pulls each feature toward its class prototype in the old space."""
     return (1.0 - F.cosine_similarity(f_old, P[y], dim=1)).mean()
+
+
+def feature_kd(f: torch.Tensor, f_old: torch.Tensor) -> torch.Tensor:
+    """‖f − f_old‖₂ over the whole batch (Frobenius norm, not a mean: the official term)."""
+    return torch.linalg.vector_norm((f - f_old).float())
+
+
+def na_loss(z: torch.Tensor, labels: torch.Tensor, cvs: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """The neighbourhood-aware loss: mean over the batch of
+    ``relu(d²(z, cv_y) − Σ_j w_j d²(z, cv_j))`` over the neighbours j of CV y (edge > 0, y
+    itself excluded), with ``w = softmax_j(−0.001·d²)`` held constant. A CV without
+    neighbours leaves ``relu(d²(z, cv_y))`` (the official code's behaviour)."""
+    d2 = torch.cdist(z.float(), cvs.float()) ** 2                     # [B, M]
+    M = cvs.shape[0]
+    d_pos = d2.gather(1, labels[:, None]).squeeze(1)
+    nb = edges[labels][:, :M] > 0
+    nb[torch.arange(len(labels), device=nb.device), labels] = False
+    with torch.no_grad():
+        logits = torch.where(nb, -0.001 * d2, torch.full_like(d2, -math.inf))
+        w = torch.softmax(logits, dim=1).nan_to_num(0.0)              # all-−inf rows → 0
+    return F.relu(d_pos - (w * d2).sum(1)).mean()

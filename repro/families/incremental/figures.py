@@ -13,11 +13,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from ...plots.style import COLORS, annotate_setting, jsonable, new_figure
+from .arms.napavq import class_graph
+from .memory import extract_features
 
 
 def accuracy_matrix_heatmap(A: Any, setting: str | None, title: str | None = None,
@@ -488,3 +492,78 @@ def plot_drift_and_masks(results: Any, setting: str, labels: Sequence[str] = ("f
     bx.legend(fontsize=8, ncol=2, loc="upper right")
     annotate_setting(fig, setting)
     return fig, jsonable({**data, "setting": setting})
+
+
+# -- chapter 07 (napavq): features, coding vectors and their neighbour graph ------------------------
+@torch.no_grad()
+def pca_2d(x: torch.Tensor, fit_on: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Project rows of ``x`` on the two leading principal axes of ``fit_on`` (default ``x``);
+    returns (projection [N, 2], mean, axes [D, 2])."""
+    ref = (x if fit_on is None else fit_on).double()
+    mu = ref.mean(0)
+    _, _, Vh = torch.linalg.svd(ref - mu, full_matrices=False)
+    axes = Vh[:2].T
+    return ((x.double() - mu) @ axes).float(), mu, axes
+
+
+@torch.no_grad()
+def plot_neighbourhood(model: Any, stream: Any, setting: str, max_classes: int = 20,
+                       per_class: int = 30, device: torch.device | str = "cpu",
+                       title: str = "What NAPA-VQ learns: features, coding vectors and their neighbour graph",
+                       ) -> tuple[Figure, dict]:
+    """Left: a 2-D PCA of L2-normalised test features (dots) of the first ``max_classes``
+    classes and their rotation-0 CVs (stars), with the CV graph's edges between them (line
+    width ∝ edge strength). Right: the class graph (edges between rotation-0 CVs) of every
+    class, ordered by task."""
+    R = model.rotations
+    C = stream.num_classes
+    shown = min(max_classes, C)
+    idx = stream.test_indices(range(stream.num_tasks))
+    y = stream.data.y_test[idx]
+    keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in range(shown)])
+    feats = F.normalize(extract_features(model, stream.data.x_test[idx[keep]], device), dim=1)
+    ys = y[keep]
+    cv0 = F.normalize(model.cv.vectors().detach().float().cpu()[::R][:shown], dim=1)
+    P, mu, axes = pca_2d(torch.cat([feats, cv0]), fit_on=feats)
+    pf, pc = P[: len(feats)], P[len(feats):]
+    E_all = class_graph(model.cv.edges, C, R)
+    E = E_all[:shown, :shown]
+    fig, (ax, ax2) = new_figure(ncols=2, width=10.0, height=4.4)
+    import matplotlib
+
+    tab20 = matplotlib.colormaps["tab20"]
+    # tab20 comes in light/dark pairs: take the ten dark ones first so neighbours differ
+    cmap = lambda c: tab20([*range(0, 20, 2), *range(1, 20, 2)][c % 20])
+    for c in range(shown):
+        m = ys == c
+        ax.scatter(pf[m, 0], pf[m, 1], s=6, color=cmap(c % 20), alpha=0.45, linewidths=0)
+    for i in range(shown):
+        for j in range(i + 1, shown):
+            if E[i, j] > 0:
+                ax.plot(pc[[i, j], 0], pc[[i, j], 1], color="0.25", lw=0.4 + 1.6 * float(E[i, j]), alpha=0.7, zorder=2)
+    ax.scatter(pc[:, 0], pc[:, 1], marker="*", s=110, c=[cmap(c % 20) for c in range(shown)], edgecolors="black",
+               linewidths=0.6, zorder=3)
+    for c in range(shown):
+        ax.annotate(str(c), pc[c].tolist(), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title(f"classes 0–{shown - 1}: test features (dots), CVs (★), edges", fontsize=9)
+    im = ax2.imshow(E_all.numpy(), cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+    bounds = np.cumsum([len(t) for t in stream.tasks])[:-1] - 0.5
+    for b in bounds:
+        ax2.axhline(b, color="tab:red", lw=0.5)
+        ax2.axvline(b, color="tab:red", lw=0.5)
+    ax2.grid(False)
+    ax2.set_xlabel("class (label, in task order)")
+    ax2.set_ylabel("class")
+    ax2.set_title("edge strength between rotation-0 CVs (red: task boundaries)", fontsize=9)
+    fig.colorbar(im, ax=ax2, shrink=0.8, label="edge strength")
+    fig.suptitle(title)
+    annotate_setting(fig, setting)
+    deg = (E_all > 0).sum(1).float()
+    same_task = [(stream.task_of(i) == stream.task_of(j)) for i in range(C) for j in range(C) if i < j and E_all[i, j] > 0]
+    data = {"class_graph": E_all, "pca_cvs": pc, "pca_features_mean": pf.mean(0), "shown_classes": shown,
+            "mean_degree": float(deg.mean()), "edges": int((E_all > 0).sum()) // 2,
+            "fraction_edges_within_task": float(np.mean(same_task)) if same_task else float("nan"),
+            "setting": setting}
+    return fig, jsonable(data)

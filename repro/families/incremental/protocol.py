@@ -25,8 +25,7 @@ model, GTEP's two streams and its search) is at the end of this module.
 """
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -34,7 +33,7 @@ import torch
 from ... import arms as registry
 from ...sweep import Job, JobFn, SweepResult
 from ...sweep import sweep as run_sweep
-from .learners import IncrementalConfig, Learner, StreamResult, run_stream
+from .learners import Learner, StreamResult, run_stream
 from .memory import extract_features
 from .stream import Stream, StreamConfig, make_stream
 

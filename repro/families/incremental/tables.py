@@ -95,3 +95,34 @@ def mask_markdown(results: Any, label: str = "gcab") -> str:
         v = {k: np.mean([r[t]["mask_usage"][k] for r in runs]) for k in keys}
         rows.append([t + 1, *(f"{v[k]:.2f}" for k in keys)])
     return markdown_table([f"task ({label})", "m0 used", "m0 new", "m0 claimed", "m2 used", "m2 new", "m2 claimed"], rows)
+
+
+# -- chapter 07 (napavq) -------------------------------------------------------------------------------
+def inference_markdown(results: Any, labels: Sequence[str]) -> str:
+    """AIA and last accuracy of the NAPA-VQ learners under the official inference (nearest
+    normalised CV) and under plain Euclidean distance, mean ± std over seeds."""
+    ms = mean_std_text
+    jobs = jobs_of(results)
+    rows = []
+    for label in labels:
+        runs = [j["metrics"] for j in jobs if j["arm"] == label and "aia_euclidean" in j["metrics"]]
+        if runs:
+            rows.append([label, ms([m["aia"] for m in runs]), ms([m["aia_euclidean"] for m in runs]),
+                         ms([m["last"] for m in runs]), ms([m["last_euclidean"] for m in runs])])
+    return markdown_table(["learner", "AIA %, normalised (official)", "AIA %, Euclidean", "last %, normalised",
+                           "last %, Euclidean"], rows)
+
+
+def graph_markdown(results: Any, labels: Sequence[str]) -> str:
+    """Mean degree of the class graph after each task (mean over seeds)."""
+    jobs = jobs_of(results)
+    rows, T = [], 0
+    for label in labels:
+        runs = [j["extra"]["extras"] for j in jobs if j["arm"] == label]
+        if not runs or "graph_edges" not in runs[0][0]:
+            continue
+        T = len(runs[0])
+        rows.append([label, *(f"{np.mean([r[t]['graph_mean_degree'] for r in runs]):.1f}" for t in range(T))])
+    if not rows:
+        return ""
+    return markdown_table(["learner", *(f"after task {t + 1}" for t in range(T))], rows)
