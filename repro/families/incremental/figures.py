@@ -20,6 +20,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from ...plots.style import COLORS, annotate_setting, jsonable, new_figure
+from .arms.gtep import protocol_table, ranks, score_table, spearman
 from .arms.napavq import class_graph
 from .memory import extract_features
 
@@ -567,3 +568,114 @@ def plot_neighbourhood(model: Any, stream: Any, setting: str, max_classes: int =
             "fraction_edges_within_task": float(np.mean(same_task)) if same_task else float("nan"),
             "setting": setting}
     return fig, jsonable(data)
+
+
+# -- chapter 02 (gtep): the two protocols, the search's transfer, the chosen configurations --------
+def plot_protocols(rows: Sequence[Mapping[str, Any]], algorithms: Sequence[str], setting: str) -> tuple[Figure, dict]:
+    """Key figure. Left: each algorithm's AIA on D^E under the usual protocol (tuned on D^E's
+    test) and under GTEP (tuned on D^HT), mean with per-seed dots; the drop is the optimistic
+    bias. Right: the algorithms' ranks (1 = best, by mean AIA) under each protocol."""
+    table = protocol_table(rows, algorithms, "aia")
+    fig, (ax, axr) = new_figure(ncols=2, width=8.6, height=3.6)
+    usual = {m: float(np.mean(list(table[m]["usual"].values()))) for m in algorithms}
+    gtep = {m: float(np.mean(list(table[m]["gtep"].values()))) for m in algorithms}
+    ru, rg = ranks(usual), ranks(gtep)
+    for i, m in enumerate(algorithms):
+        c = f"C{i % 10}"
+        t = table[m]
+        ax.plot([0, 1], [usual[m], gtep[m]], "o-", color=c, label=m, zorder=3)
+        for s in t["usual"]:
+            ax.plot([0, 1], [t["usual"][s], t["gtep"][s]], "-", color=c, alpha=0.3, linewidth=0.8)
+            ax.plot([0, 1], [t["usual"][s], t["gtep"][s]], ".", color=c, alpha=0.5)
+        axr.plot([0, 1], [ru[m], rg[m]], "o-", color=c, linewidth=2.2, markersize=8)
+        # algorithms tied at a rank get their labels stacked, not printed on top of each other
+        for x, r, ha in ((-0.06, ru, "right"), (1.06, rg, "left")):
+            tied = [k for k in algorithms if r[k] == r[m]]
+            dy = 0.16 * (tied.index(m) - (len(tied) - 1) / 2)
+            axr.text(x, r[m] + dy, m, ha=ha, va="center", color=c, fontsize=8)
+    for a in (ax, axr):
+        a.set_xticks([0, 1], ["usual\n(tuned on $D^{E}$ test)", "two-phase\n(tuned on $D^{HT}$)"])
+        a.set_xlim(-0.45, 1.45)
+    ax.set_ylabel("AIA on $D^{E}$ (%)")
+    ax.set_title("Reported score on the evaluation stream")
+    ax.legend(loc="best")
+    n = len(algorithms)
+    axr.set_yticks(range(1, n + 1))
+    axr.set_ylim(n + 0.5, 0.5)
+    axr.set_ylabel("rank (1 = best mean AIA)")
+    axr.set_title("Ranking of the algorithms")
+    axr.grid(False)
+    annotate_setting(fig, setting)
+    return fig, jsonable({"usual_mean": usual, "gtep_mean": gtep, "rank_usual": ru, "rank_gtep": rg,
+                          "per_seed": {m: {"usual": table[m]["usual"], "gtep": table[m]["gtep"]} for m in algorithms},
+                          "setting": setting})
+
+
+def plot_transfer(rows: Sequence[Mapping[str, Any]], algorithms: Sequence[str], setting: str) -> tuple[Figure, dict]:
+    """Every sampled configuration's AIA on D^HT (x) against D^E (y), mean over seeds (bars:
+    min–max over seeds). The star is GTEP's H* (rightmost point), the ring the usual choice
+    (topmost point); ρ is Spearman's rank correlation of the means."""
+    table = protocol_table(rows, algorithms, "aia")
+    fig, axes = new_figure(ncols=len(algorithms), width=3.3 * len(algorithms) + 0.4, height=3.5, squeeze=False)
+    data: dict[str, Any] = {}
+    for i, (ax, m) in enumerate(zip(axes[0], algorithms)):
+        c = f"C{i % 10}"
+        ht, ev = score_table(rows, "tuning", m), score_table(rows, "evaluation", m)
+        cs = sorted(ht)
+        x = np.array([np.mean(list(ht[k].values())) for k in cs])
+        y = np.array([np.mean(list(ev[k].values())) for k in cs])
+        xerr = np.array([[x[j] - min(ht[k].values()), max(ht[k].values()) - x[j]] for j, k in enumerate(cs)]).T
+        yerr = np.array([[y[j] - min(ev[k].values()), max(ev[k].values()) - y[j]] for j, k in enumerate(cs)]).T
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=c, alpha=0.75, elinewidth=0.7, capsize=0)
+        g, u = cs.index(table[m]["gtep_config"]), cs.index(table[m]["usual_config"])
+        ax.plot(x[g], y[g], "*", color="k", markersize=13, label="$H^*$ (two-phase pick)", zorder=4)
+        ax.plot(x[u], y[u], "o", markerfacecolor="none", markeredgecolor="k", markersize=13,
+                markeredgewidth=1.4, label="usual pick", zorder=4)
+        lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
+        pad = 0.05 * (hi - lo + 1e-9)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ":", color="0.5", linewidth=0.9, label="y = x")
+        rho = spearman(x, y)
+        ax.set_title(f"{m}: ρ = {rho:.2f}" if np.isfinite(rho) else f"{m}: ρ undefined", fontsize=10)
+        ax.set_xlabel("AIA on $D^{HT}$, tuning (%)")
+        data[m] = {"configs": cs, "tuning_mean": x, "evaluation_mean": y, "spearman_rho": rho,
+                   "gtep_config": table[m]["gtep_config"], "usual_config": table[m]["usual_config"]}
+    axes[0][0].set_ylabel("AIA on $D^{E}$, evaluation (%)")
+    axes[0][0].legend(loc="best", fontsize=7)
+    fig.suptitle("Does a configuration's score on $D^{HT}$ predict its score on $D^{E}$?")
+    annotate_setting(fig, setting)
+    return fig, jsonable({**data, "setting": setting, "bars": "min-max over seeds"})
+
+
+def plot_chosen_curves(rows: Sequence[Mapping[str, Any]], streams: Mapping[str, Any],
+                       algorithms: Sequence[str], setting: str) -> tuple[Figure, dict]:
+    """Accuracy on all seen classes after each task for the chosen configurations: H* on
+    D^HT (phase 1, dashed), H* on D^E (the two-phase result, solid) and the usual pick on D^E
+    (dotted); mean over seeds, band min–max."""
+    table = protocol_table(rows, algorithms, "aia")
+    ev = streams["evaluation"]
+    x = np.array([ev.seen(t) for t in range(ev.num_tasks)])
+    fig, axes = new_figure(ncols=len(algorithms), width=3.3 * len(algorithms) + 0.4, height=3.4,
+                           squeeze=False, sharey=True)
+    data: dict[str, Any] = {}
+    for i, (ax, m) in enumerate(zip(axes[0], algorithms)):
+        t = table[m]
+        lines = {"H* on $D^{HT}$ (phase 1)": ("tuning", t["gtep_config"], "--", "0.45"),
+                 "H* on $D^{E}$ (two-phase)": ("evaluation", t["gtep_config"], "-", f"C{i % 10}"),
+                 "usual pick on $D^{E}$": ("evaluation", t["usual_config"], ":", "k")}
+        data[m] = {}
+        for label, (phase, cfg, ls, c) in lines.items():
+            arr = np.array([r["acc_after"] for r in rows
+                            if (r["phase"], r["method"], r["config"]) == (phase, m, cfg)], dtype=float)
+            mean = arr.mean(0)
+            ax.plot(x[: len(mean)], mean, ls, marker="o", color=c, label=label)
+            if len(arr) > 1:
+                ax.fill_between(x[: len(mean)], arr.min(0), arr.max(0), color=c, alpha=0.15, linewidth=0)
+            data[m][label] = {"config": cfg, "mean": mean, "min": arr.min(0), "max": arr.max(0), "n": len(arr)}
+        ax.set_title(m, fontsize=10)
+        ax.set_xticks(x)
+        ax.set_xlabel("classes seen")
+    axes[0][0].set_ylabel("top-1 on all seen classes (%)")
+    axes[0][-1].legend(loc="best", fontsize=7)
+    fig.suptitle("Accuracy after each task of the chosen configurations")
+    annotate_setting(fig, setting)
+    return fig, jsonable({"seen_classes": x, "curves": data, "setting": setting, "band": "min-max over seeds"})

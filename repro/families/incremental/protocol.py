@@ -33,7 +33,7 @@ import torch
 from ... import arms as registry
 from ...sweep import Job, JobFn, SweepResult
 from ...sweep import sweep as run_sweep
-from .learners import Learner, StreamResult, run_stream
+from .learners import IncrementalConfig, Learner, StreamResult, run_stream
 from .memory import extract_features
 from .stream import Stream, StreamConfig, make_stream
 
@@ -258,3 +258,103 @@ def oca_sweep(run, stream: Stream, plan: Plan, progress: bool = True) -> SweepRe
     res = run_sweep(run, jobs, progress=progress)
     note_jobs(run, res)
     return res
+
+
+# --------------------------------------------------------------------------- chapter 02 (gtep)
+def gtep_check(run) -> tuple[list[int], list[int]]:
+    """Every setting of chapter 02 checked before any data is read (the search, the learners'
+    shared config, the class split and the scenario of each stream); returns the CIFAR-100 ids
+    of D^HT and D^E."""
+    from ...data import class_order, incremental_tasks
+    from .arms import gtep
+    from .stream import parse_scenario
+
+    scfg = stream_config(run)
+    search_cfg = config(gtep.SearchConfig, run)
+    gtep.check_learner_config(config(IncrementalConfig, run))
+    tuning, evaluation = gtep.split_classes(class_order(scfg.order_seed), scfg.classes, search_cfg.tuning_split)
+    base, inc = parse_scenario(scfg.scenario)
+    for cls in (tuning, evaluation):
+        incremental_tasks(list(range(len(cls))), base, inc)  # raises if the scenario does not fit
+    return tuning, evaluation
+
+
+def gtep_streams(run) -> dict[str, Stream]:
+    """D^HT and D^E as two streams of the protocol's scenario (one data load, recorded in the run),
+    after :func:`gtep_check`. Both class sets are loaded together as a prefix of the class order,
+    so in the ``disjoint`` split D^E holds exactly the images of the family's protocol stream."""
+    from ...data import class_order, incremental_tasks
+    from .arms import gtep
+    from .stream import parse_scenario
+
+    tuning, evaluation = gtep_check(run)
+    scfg = stream_config(run)
+    order = class_order(scfg.order_seed)
+    base, inc = parse_scenario(scfg.scenario)
+    union = order[:max(order.index(c) for c in tuning + evaluation) + 1]
+    data = run.data(classes=union, per_class=scfg.per_class or None, test_per_class=scfg.test_per_class or None,
+                    image_size=scfg.image_size, seed=scfg.data_seed)
+    out = {}
+    for phase, cls in zip(gtep.PHASES, (tuning, evaluation)):
+        sub = gtep.subset_dataset(data, [union.index(c) for c in cls])
+        out[phase] = Stream(data=sub, order=list(cls), tasks=incremental_tasks(list(range(len(cls))), base, inc),
+                            scenario=scfg.scenario, order_seed=scfg.order_seed)
+    return out
+
+
+def gtep_search(run) -> dict[str, list[dict[str, Any]]]:
+    """Each algorithm's sampled configurations, from the chapter's search parameters."""
+    from .arms import gtep
+
+    return gtep.chapter_search(config(gtep.SearchConfig, run))
+
+
+def gtep_memory(run, stream: Stream) -> int:
+    """The exemplar budget of one of the two streams (the protocol's exemplars per class)."""
+    from .arms import gtep
+
+    return gtep.stream_memory(config(IncrementalConfig, run).memory, stream_config(run).classes, stream.num_classes)
+
+
+def gtep_sweep(run, streams: Mapping[str, Stream], search: Mapping[str, list[dict[str, Any]]],
+               progress: bool = True) -> SweepResult:
+    """Train every (seed, phase, algorithm, configuration) once with the family's sweep; labels
+    ``{phase}_{algorithm}_c{i}``. Each job is checkpointed per task under its (label, seed), so an
+    interrupted search resumes where it stopped; its extra names its phase, algorithm,
+    configuration and hyper-parameters (``arms.gtep.search_rows`` reads them back)."""
+    from .arms import gtep
+
+    jobs: dict[str, JobFn] = {}
+    for phase in gtep.PHASES:
+        stream = streams[phase]
+        mem = gtep_memory(run, stream)
+        for algo, hps in search.items():
+            a = registry.get(FAMILY, algo)
+            for i, hp in enumerate(hps):
+                label = gtep.search_label(phase, algo, i)
+                cfg = registry.make_config(a.config, run.params, memory=mem, **hp)
+                jobs[label] = _tagged(learner_job(stream, a.impl, cfg, run.device, label, progress=False),
+                                      phase=phase, algorithm=algo, config=i, hp=dict(hp))
+    return run_sweep(run, jobs, progress=progress)
+
+
+def _tagged(job: JobFn, **tags: Any) -> JobFn:
+    """A job whose result's extra also holds ``tags``."""
+    def tagged(seed: int, checkpoint_dir) -> Job:
+        res = job(seed, checkpoint_dir)
+        res.extra.update(tags)
+        return res
+    return tagged
+
+
+def gtep_log(run, rows: list[dict[str, Any]], algorithms: list[str]) -> dict[int, dict[str, float]]:
+    """Log the chapter's per-seed numbers (``arms.gtep.seed_metrics``; a NaN ρ from a constant
+    score list is left out)."""
+    import numpy as np
+
+    from .arms import gtep
+
+    per = gtep.seed_metrics(rows, algorithms)
+    for s, v in per.items():
+        run.log(s, **{k: x for k, x in v.items() if np.isfinite(x)})
+    return per

@@ -2,13 +2,14 @@
 results: the protocol's summary for every chapter, and each chapter's own tables."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ...metrics import mean_std_text
 from ...tables import markdown_table
+from .arms.gtep import SHORT, algorithm_space, describe_config, protocol_table, ranks
 from .figures import jobs_of, labels_of
 
 SUMMARY_KEYS = ("aia", "last", "forgetting", "old_last", "new_last")
@@ -126,3 +127,46 @@ def graph_markdown(results: Any, labels: Sequence[str]) -> str:
     if not rows:
         return ""
     return markdown_table(["learner", *(f"after task {t + 1}" for t in range(T))], rows)
+
+
+# -- chapter 02 (gtep) ---------------------------------------------------------------------------------
+def search_markdown(search: Mapping[str, list[dict[str, Any]]], cfg: Any) -> str:
+    """The search space (of a ``SearchConfig``) and how many of its points each algorithm tries."""
+    grids = cfg.grids()
+    rows = []
+    for a, configs in search.items():
+        space = algorithm_space(grids, a)
+        size = int(np.prod([len(v) for v in space.values()]))
+        vals = "; ".join(f"{SHORT[k]} ∈ {{{', '.join(f'{x:g}' for x in v)}}}" for k, v in space.items())
+        rows.append([a, vals, size, len(configs)])
+    return markdown_table(["algorithm", "searched values", "grid points", "trials run"], rows)
+
+
+def protocol_markdown(rows: Sequence[Mapping[str, Any]], search: Mapping[str, list[dict[str, Any]]],
+                      algorithms: Sequence[str]) -> str:
+    """Per algorithm: the two choices, their AIA (mean ± std over seeds) and the ranks."""
+    table = protocol_table(rows, algorithms, "aia")
+    usual = {m: float(np.mean(list(table[m]["usual"].values()))) for m in algorithms}
+    gtep = {m: float(np.mean(list(table[m]["gtep"].values()))) for m in algorithms}
+    ru, rg = ranks(usual), ranks(gtep)
+    rows = []
+    for m in algorithms:
+        t = table[m]
+        same = " (same)" if t["gtep_config"] == t["usual_config"] else ""
+        gaps = [t["usual"][s] - t["gtep"][s] for s in t["usual"]]
+        rows.append([m, f"#{t['gtep_config']}: {describe_config(search[m][t['gtep_config']])}",
+                     f"#{t['usual_config']}: {describe_config(search[m][t['usual_config']])}{same}",
+                     mean_std_text(list(t["tuning"].values()), ".1f"), mean_std_text(list(t["gtep"].values()), ".1f"),
+                     mean_std_text(list(t["usual"].values()), ".1f"), mean_std_text(gaps, ".1f"), f"{ru[m]} → {rg[m]}"])
+    return markdown_table(["algorithm", "H* picked on D^HT (two-phase)", "picked on D^E's test (usual)",
+                           "AIA of H* on D^HT %", "**two-phase** AIA on D^E %", "usual AIA on D^E %",
+                           "usual − two-phase (pts)", "rank usual → two-phase"], rows)
+
+
+def search_blocks_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Per (seed, stream, algorithm): how many configurations ran and the range of their AIA."""
+    blocks: dict[tuple[int, str, str], list[float]] = {}
+    for r in rows:
+        blocks.setdefault((r["seed"], r["phase"], r["method"]), []).append(r["aia"])
+    return markdown_table(["seed", "stream", "algorithm", "configurations", "AIA range %"],
+                          [[s, p, m, len(v), f"{min(v):.1f}–{max(v):.1f}"] for (s, p, m), v in blocks.items()])
