@@ -6,19 +6,33 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from repro.incremental.learners import run_stream
-from repro.incremental.stream import make_stream
-from repro.methods import gated_attention as G
+from repro import arms
+from repro.families.incremental import figures, protocol, tables
+from repro.families.incremental.arms import gcab as G
+from repro.families.incremental.learners import run_stream
+from repro.families.incremental.stream import make_stream
+from repro.layers import gated_attention as GL
+from repro.losses import incremental as LS
+from repro.papers import load_spec
+from repro.run import Run
 
 
 def tiny_cfg(**kw) -> G.GCABConfig:
     base = dict(epochs=2, lr=1e-3, weight_decay=1e-2, batch_size=8, memory=0, dim=16, depth=1, heads=2,
                 mlp_ratio=2.0, image_size=16, probe_images=8, loss="ce")
     return G.GCABConfig(**{**base, **kw})
+
+
+def make(cls, cfg, stream):
+    """A learner set up on ``stream`` (what ``run_stream`` does first)."""
+    learner = cls(cfg)
+    learner.setup(stream)
+    return learner
 
 
 @pytest.fixture
@@ -29,35 +43,35 @@ def stream(fake_data):
 # -- HAT pieces by hand --------------------------------------------------------------------
 def test_s_is_annealed_within_the_epoch():
     # s_max = 2, 4 batches: 1/2 + (2 − 1/2)·b/4 = 0.5, 0.875, 1.25, 1.625
-    assert [G.anneal_s(b, 4, 2.0) for b in range(4)] == pytest.approx([0.5, 0.875, 1.25, 1.625])
+    assert [GL.anneal_s(b, 4, 2.0) for b in range(4)] == pytest.approx([0.5, 0.875, 1.25, 1.625])
     with pytest.raises(ValueError):
-        G.anneal_s(4, 4, 2.0)
+        GL.anneal_s(4, 4, 2.0)
 
 
 def test_masks_become_binary_at_smax():
     e = torch.tensor([-0.5, -0.02, 0.02, 0.5])
-    binary = G.hat_mask(e, 800.0, binary=True)
+    binary = GL.hat_mask(e, 800.0, binary=True)
     assert torch.equal(binary, torch.tensor([0.0, 0.0, 1.0, 1.0]))
     # σ(800·0.02) = σ(16) = 1 − 1.1e−7: the soft mask at s_max is the binary one
-    assert torch.allclose(G.hat_mask(e, 800.0, binary=False), binary, atol=2e-7)
+    assert torch.allclose(GL.hat_mask(e, 800.0, binary=False), binary, atol=2e-7)
     # at s = 1/s_max every unit is half open
-    assert torch.allclose(G.hat_mask(e, 1 / 800, binary=False), torch.full((4,), 0.5), atol=1e-3)
+    assert torch.allclose(GL.hat_mask(e, 1 / 800, binary=False), torch.full((4,), 0.5), atol=1e-3)
 
 
 def test_compensation_factor_by_hand():
     # e = 0: s_max/s·(cosh 0 + 1)/(cosh 0 + 1) = s_max/s
-    assert G.compensation(torch.tensor([0.0]), 1.0, 800.0).item() == pytest.approx(800.0)
+    assert GL.compensation(torch.tensor([0.0]), 1.0, 800.0).item() == pytest.approx(800.0)
     # e = 1, s = 2, s_max = 4: 2·(cosh 2 + 1)/(cosh 1 + 1)
     want = 2 * (math.cosh(2) + 1) / (math.cosh(1) + 1)
-    assert G.compensation(torch.tensor([1.0]), 2.0, 4.0).item() == pytest.approx(want, rel=1e-6)
+    assert GL.compensation(torch.tensor([1.0]), 2.0, 4.0).item() == pytest.approx(want, rel=1e-6)
     # the clamp: s·e = 100 is clamped to 50
     want = 1 * (math.cosh(50) + 1) / (math.cosh(1) + 1)
-    assert G.compensation(torch.tensor([1.0]), 100.0, 100.0).item() == pytest.approx(want, rel=1e-5)
+    assert GL.compensation(torch.tensor([1.0]), 100.0, 100.0).item() == pytest.approx(want, rel=1e-5)
 
 
 def test_scaled_gradient_keeps_the_value_and_scales_the_gradient():
     x = torch.tensor([0.3, -1.2], requires_grad=True)
-    y = G.with_scaled_grad(x, torch.tensor([2.0, 5.0]))
+    y = GL.with_scaled_grad(x, torch.tensor([2.0, 5.0]))
     assert torch.equal(y.detach(), x.detach())
     (y * torch.tensor([1.0, 3.0])).sum().backward()
     assert torch.allclose(x.grad, torch.tensor([2.0, 15.0]))
@@ -66,34 +80,34 @@ def test_scaled_gradient_keeps_the_value_and_scales_the_gradient():
 def test_sparsity_regulariser_by_hand():
     m = [torch.tensor([1.0, 0.0, 0.5, 0.5])]
     # task 0: λ·mean(m) = 0.5·0.5
-    assert G.hat_regulariser(m, None, 0.5).item() == pytest.approx(0.25)
+    assert LS.hat_regulariser(m, None, 0.5).item() == pytest.approx(0.25)
     # free units [0, 1, 1, 0]: Σ m·free = 0.5, Σ free = 2 → λ·0.25
     pre = [torch.tensor([1.0, 0.0, 0.0, 1.0])]
-    assert G.hat_regulariser(m, pre, 0.5).item() == pytest.approx(0.125)
+    assert LS.hat_regulariser(m, pre, 0.5).item() == pytest.approx(0.125)
     # two masks are pooled: second mask [1, 1] with free [1, 0] → (0.5 + 1)/(2 + 1)
     m2, pre2 = m + [torch.tensor([1.0, 1.0])], pre + [torch.tensor([0.0, 1.0])]
-    assert G.hat_regulariser(m2, pre2, 1.0).item() == pytest.approx(0.5)
+    assert LS.hat_regulariser(m2, pre2, 1.0).item() == pytest.approx(0.5)
     # every unit claimed: nothing to penalise
-    assert G.hat_regulariser(m, [torch.ones(4)], 1.0).item() == 0.0
+    assert LS.hat_regulariser(m, [torch.ones(4)], 1.0).item() == 0.0
 
 
 def test_frozen_entries_are_the_claimed_outer_product():
     out, inp = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0, 0.0])
-    assert torch.equal(G.frozen_entries(out, inp), torch.tensor([[True, True, False], [False, False, False]]))
-    assert torch.equal(G.frozen_entries(out, None), torch.tensor([True, False]))
+    assert torch.equal(GL.frozen_entries(out, inp), torch.tensor([[True, True, False], [False, False, False]]))
+    assert torch.equal(GL.frozen_entries(out, None), torch.tensor([True, False]))
 
 
 def test_losses_by_hand():
     logits, y = torch.tensor([[math.log(3.0), 0.0]]), torch.tensor([0])
     # BCE: mean of −log σ(ln 3) = −log ¾ and −log(1 − σ(0)) = log 2
-    assert G.classification_loss(logits, y, "bce").item() == pytest.approx((-math.log(0.75) + math.log(2)) / 2)
-    assert G.classification_loss(logits, y, "ce").item() == pytest.approx(math.log(4 / 3))
+    assert LS.seen_classes_loss(logits, y, "bce").item() == pytest.approx((-math.log(0.75) + math.log(2)) / 2)
+    assert LS.seen_classes_loss(logits, y, "ce").item() == pytest.approx(math.log(4 / 3))
 
 
 # -- network pieces ----------------------------------------------------------------------------
 def test_masked_channels_of_the_class_token_pass_unchanged():
     torch.manual_seed(0)
-    blk = G.GatedClassAttention(8, 2, 2.0)
+    blk = GL.GatedClassAttention(8, 2, 2.0)
     cls, x = torch.randn(3, 1, 8), torch.randn(3, 5, 8)
     m0 = torch.tensor([1.0, 1, 0, 0, 1, 0, 1, 1])
     out, attn = blk(cls, x, m0, torch.ones(16))
@@ -120,17 +134,17 @@ def test_cascade_order_and_identity():
     x = torch.tensor([1.0])
     projs = [nn.Identity(), Affine(1), Affine(2), Affine(3)]
     # from task 3 to task 1: P_2(P_3(x)) = 10·(10x + 3) + 2
-    assert G.cascade(x, projs, 3, 1).item() == pytest.approx(132.0)
-    assert torch.equal(G.cascade(x, projs, 2, 2), x)
+    assert GL.cascade(x, projs, 3, 1).item() == pytest.approx(132.0)
+    assert torch.equal(GL.cascade(x, projs, 2, 2), x)
     ident = [nn.Identity()] * 4
-    assert torch.equal(G.cascade(x, ident, 3, 0), x)
+    assert torch.equal(GL.cascade(x, ident, 3, 0), x)
     with pytest.raises(ValueError):
-        G.cascade(x, projs, 1, 2)
+        GL.cascade(x, projs, 1, 2)
 
 
 def test_eval_reads_old_tasks_through_the_cascade():
     torch.manual_seed(0)
-    m = G.GatedCAViT([2, 2, 2], image_size=16, dim=16, depth=1, heads=2, mlp_ratio=2.0, gated=True, fdc=True)
+    m = GL.GatedCAViT([2, 2, 2], image_size=16, dim=16, depth=1, heads=2, mlp_ratio=2.0, gated=True, fdc=True)
     m.task.fill_(2)
     m.eval()
     feats = torch.randn(4, 16, 16)
@@ -162,7 +176,7 @@ class Snap(G.GCAB):
 
 
 def test_old_task_class_attention_stays_bit_identical(stream):
-    learner = Snap(tiny_cfg(), stream)
+    learner = Snap(tiny_cfg())
     res = run_stream(stream, learner, seed=0, progress=False)
     before, after = learner.after0, res.model
     pre0 = (before.e0[0] > 0).float()
@@ -172,11 +186,11 @@ def test_old_task_class_attention_stays_bit_identical(stream):
     for name, (layer, out, inp) in after.tab.gated_linears().items():
         old = dict(before.tab.named_modules())[name]
         pre = {"m0": pre0, "m2": pre2}
-        fz = G.frozen_entries(pre[out], pre[inp])
+        fz = GL.frozen_entries(pre[out], pre[inp])
         assert torch.equal(layer.weight[fz], old.weight[fz]), name
         changed_free += int((layer.weight[~fz] != old.weight[~fz]).sum())
         if layer.bias is not None:
-            fb = G.frozen_entries(pre[out], None)
+            fb = GL.frozen_entries(pre[out], None)
             assert torch.equal(layer.bias[fb], old.bias[fb]), name
     assert changed_free > 0, "the unclaimed units must stay trainable"
     for name in ("norm1", "norm2"):
@@ -199,18 +213,18 @@ def test_old_task_class_attention_stays_bit_identical(stream):
 
 
 def test_finetune_trains_shared_weights_but_freezes_old_tokens_and_heads(stream):
-    learner = G.TokenFineTune(tiny_cfg(), stream)
+    learner = make(G.TokenFineTune, tiny_cfg(), stream)
     model = learner.build(stream.num_classes)
     learner.loss_fn(1, 4, 2)  # set up task 1
     assert not model.tokens[0].requires_grad and model.tokens[1].requires_grad
     assert not any(p.requires_grad for p in model.heads[0].parameters())
     assert all(p.requires_grad for p in model.tab.parameters()) and model.projectors is None
-    res = run_stream(stream, G.TokenFineTune(tiny_cfg(), stream), seed=0, progress=False)
+    res = run_stream(stream, G.TokenFineTune(tiny_cfg()), seed=0, progress=False)
     assert "mask_usage" not in res.extras[0] and len(res.matrix.rows) == 3
 
 
 def test_one_training_step_gives_the_new_gate_a_gradient(stream):
-    learner = G.GCAB(tiny_cfg(), stream)
+    learner = make(G.GCAB, tiny_cfg(), stream)
     model = learner.build(stream.num_classes)
     fn = learner.loss_fn(0, 2, 0)
     x, y = next(iter(stream.train_loader(stream.train_indices(0), 8)))
@@ -220,26 +234,26 @@ def test_one_training_step_gives_the_new_gate_a_gradient(stream):
     assert model.e0.grad[0].abs().sum() > 0 and model.e0.grad[1:].abs().sum() == 0
 
 
-def test_chapter_metrics_are_paired_by_seed():
-    class FakeRun:
-        def __init__(self):
-            self.metrics = {}
-
-        def log(self, seed, **kw):
-            for k, v in kw.items():
-                self.metrics.setdefault(k, {})[seed] = v
-
-    def row(method, seed, aia, last, fg):
-        return {"method": method, "seed": seed, "summary": {"aia": aia, "last": last, "forgetting": fg,
-                                                            "old_last": 0.0, "new_last": 0.0}}
-    results = [row("finetune", 0, 20, 10, 50), row("gated", 0, 22, 11, 40), row("gcab", 0, 25, 12, 30),
-               row("finetune", 1, 21, 9, 55), row("gated", 1, 20, 10, 45), row("gcab", 1, 24, 15, 35)]
-    run = FakeRun()
-    G.log_chapter_metrics(run, results)
-    assert run.metrics["aia_gcab_minus_finetune"] == {0: 5, 1: 3}
-    assert run.metrics["last_gcab_minus_finetune"] == {0: 2, 1: 6}
-    assert run.metrics["forgetting_finetune_minus_gcab"] == {0: 20, 1: 20}
-    assert run.metrics["aia_gcab_minus_gated"] == {0: 3, 1: 4}
+def test_the_learners_are_registered_arms_and_the_chapter_sweeps_them(stream, tmp_path, monkeypatch):
+    assert {a: arms.get("incremental", a).impl for a in ("token_finetune", "gated", "gcab")} == {
+        "token_finetune": G.TokenFineTune, "gated": G.GatedOnly, "gcab": G.GCAB}
+    assert all(o == {"memory": 0} for _, o in G.PLAN.values()) and G.LABELS == ("finetune", "gated", "gcab")
+    monkeypatch.setenv("REPRO_CHECKPOINTS", str(tmp_path / "ckpt"))
+    spec = load_spec("gcab")
+    params = spec.resolve("smoke", {"classes": 6, "scenario": "B0-Inc2", "per_class": 16, "test_per_class": 4,
+                                    "image_size": 16, "seeds": [0, 1], "dim": 16, "depth": 1, "heads": 2,
+                                    "probe_images": 8, "batch_size": 8})
+    run = Run(spec, params, torch.device("cpu"), folder=tmp_path / "run")
+    assert protocol.configs(run, G.PLAN)["gcab"][1].memory == 0  # the protocol's memory is not used
+    res = protocol.sweep(run, protocol.stream(run), G.PLAN, progress=False)
+    claims = {c.id: run.claim_values(c) for c in spec.claims}
+    assert claims["gcab_less_forgetting"] == {str(s): v for s, v in res.paired("forgetting", "finetune", "gcab").items()}
+    assert claims["fdc_helps"]["1"] == pytest.approx(res.value("gcab", 1, "aia") - res.value("gated", 1, "aia"))
+    assert "| task (gcab) |" in tables.mask_markdown(res, "gcab") and tables.mask_markdown(res, "finetune") == ""
+    fig, data = figures.plot_drift_and_masks(res, "t")
+    assert set(data["mask_usage"]) == {"gated", "gcab"} and "gcab_compensated" in data["drift_task1"]
+    D = figures.drift_table(res, "gcab")
+    assert D["raw"].shape == (3, 3) and np.isnan(D["raw"][0, 0]) and D["raw"][2, 0] > 0
 
 
 # -- bad inputs fail before training -------------------------------------------------------------
@@ -252,10 +266,12 @@ def test_bad_config_raises(kw):
 
 def test_bad_learner_inputs_raise(stream):
     with pytest.raises(ValueError, match="exemplar-free"):
-        G.GCAB(tiny_cfg(memory=10), stream)
+        G.GCAB(tiny_cfg(memory=10))
     with pytest.raises(ValueError, match="image_size"):
-        G.GCAB(tiny_cfg(image_size=32), stream).build(stream.num_classes)
+        make(G.GCAB, tiny_cfg(image_size=32), stream).build(stream.num_classes)
+    with pytest.raises(ValueError, match="setup"):
+        G.GCAB(tiny_cfg()).build(6)
     with pytest.raises(TypeError):
-        G.GCAB(G.IncrementalConfig(memory=0), stream)
+        G.GCAB(G.IncrementalConfig(memory=0))
     with pytest.raises(ValueError):
-        G.GatedCAViT([2, 0])
+        GL.GatedCAViT([2, 0])

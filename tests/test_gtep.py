@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from repro import arms
 from repro.data import load
-from repro.methods import two_phase as G
+from repro.families.incremental import figures, protocol, tables
+from repro.families.incremental.arms import gtep as G
 from repro.papers import load_spec
 from repro.run import Run
 
@@ -74,7 +76,8 @@ def test_sample_configs_whole_grid_or_a_seeded_sample_without_repeats():
 
 def test_chapter_search_uses_the_same_configs_and_one_seed_per_algorithm():
     p = load_spec("gtep").resolve("cpu")
-    s1, s2 = G.chapter_search(p), G.chapter_search({**p, "algorithms": ["replay_kd", "finetune", "replay"]})
+    s1 = G.chapter_search(arms.make_config(G.SearchConfig, p))
+    s2 = G.chapter_search(arms.make_config(G.SearchConfig, {**p, "algorithms": ["replay_kd", "finetune", "replay"]}))
     assert s1 == {k: s2[k] for k in s1}  # independent of the list's order
     assert len(s1["finetune"]) == 8 and "kd_weight" not in s1["finetune"][0]
     assert len(s1["replay_kd"]) == 8 and {c["kd_weight"] for c in s1["replay_kd"]} <= {0.5, 2.0}
@@ -160,9 +163,9 @@ def test_no_advantage_metric_without_the_pair_and_metrics_are_logged(tmp_path, m
     per = G.seed_metrics(rows, ["finetune", "replay"])
     assert "advantage_shrink_replay_kd_over_replay" not in per[0]
     run = Run(load_spec("gtep"), load_spec("gtep").resolve("smoke"), torch.device("cpu"))
-    G.log_metrics(run, _rows(TABLE), ALGOS)
+    protocol.gtep_log(run, _rows(TABLE), ALGOS)
     assert run.metrics["gap_replay"] == {"0": 6.0, "1": 2.0}
-    md = G.protocol_markdown(_rows(TABLE), {m: [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}] for m in ALGOS}, ALGOS)
+    md = tables.protocol_markdown(_rows(TABLE), {m: [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}] for m in ALGOS}, ALGOS)
     assert "| replay | #0: lr 0.1 | #1: lr 0.2 |" in md and "| finetune | #1: lr 0.2 | #1: lr 0.2 (same) |" in md
     # mean AIA, usual: finetune 24, replay 46, replay_kd 53; GTEP: finetune 24, replay 42, replay_kd 39
     assert md.count("| 3 → 3 |") == 1 and md.count("| 2 → 1 |") == 1 and md.count("| 1 → 2 |") == 1
@@ -179,23 +182,28 @@ def test_no_advantage_metric_without_the_pair_and_metrics_are_logged(tmp_path, m
     ({"epochs_grid": [0]}, "epochs_grid"),
     ({"epochs_grid": [2, 2]}, "repeats"),
     ({"weight_decay_grid": [-1e-4]}, "weight_decay_grid"),
-    ({"seeds": []}, "seeds"),
     ({"schedule": "linear"}, "schedule"),
     ({"arch": "resnet-18"}, "unknown arch"),
     ({"tuning_split": "halves"}, "cannot be split"),   # smoke: 6 classes → halves of 3, Inc2
     ({"scenario": "B3-Inc4"}, "cannot be split"),
     ({"tuning_split": "disjoint", "classes": 60}, "2 × classes"),
 ])
-def test_bad_parameters_fail_before_training(override, match):
-    p = {**load_spec("gtep").resolve("smoke"), **override}
-    with pytest.raises(ValueError, match=match):
-        G.check_setup(p)
-
-
-def test_the_spec_is_consistent():
+def test_bad_parameters_fail_before_any_data_is_read(override, match, monkeypatch, tmp_path):
+    def boom(*a, **k):
+        raise AssertionError("data was read")
+    monkeypatch.setattr("repro.data.load", boom)
     spec = load_spec("gtep")
+    run = Run(spec, {**spec.resolve("smoke"), **override}, torch.device("cpu"), folder=tmp_path)
+    with pytest.raises(ValueError, match=match):
+        protocol.gtep_streams(run)
+
+
+def test_the_spec_is_consistent(tmp_path):
+    spec = load_spec("gtep")
+    with pytest.raises(ValueError, match="seeds"):
+        spec.resolve("smoke", {"seeds": []})
     for tier in ("smoke", "cpu", "gpu", "paper"):
-        G.check_setup(spec.resolve(tier))
+        protocol.gtep_check(Run(spec, spec.resolve(tier), torch.device("cpu"), folder=tmp_path))
     metrics = {c.metric for c in spec.claims}
     assert {"gap_mean", "rank_swaps", "advantage_shrink_replay_kd_over_replay"} <= metrics
     assert {f"gap_{m}" for m in spec.defaults["algorithms"]} <= metrics
@@ -207,37 +215,43 @@ def smoke_run(fake_data, tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("REPRO_CHECKPOINTS", str(tmp_path / "ckpt"))
     spec = load_spec("gtep")
-    p = spec.resolve("smoke", {"per_class": 6, "test_per_class": 3, "image_size": 8})
+    p = spec.resolve("smoke", {"per_class": 6, "test_per_class": 3, "image_size": 8, "seeds": [0]})
     return Run(spec, p, torch.device("cpu"))
 
 
 def test_streams_are_disjoint_and_evaluation_is_the_protocol_stream(smoke_run):
-    from repro.incremental.chapter import protocol_stream
-
-    streams = G.make_streams(smoke_run)
+    streams = protocol.gtep_streams(smoke_run)
     ht, ev = streams["tuning"], streams["evaluation"]
     assert not set(ht.order) & set(ev.order) and len(ht.order) == len(ev.order) == 6
     assert ht.tasks == ev.tasks == [[0, 1], [2, 3], [4, 5]]
     assert len(ht.data.y_train) == 36 and len(ev.data.y_test) == 18
-    ref = protocol_stream(smoke_run)  # the family's own stream over the same parameters
+    ref = protocol.stream(smoke_run)  # the family's own stream over the same parameters
     assert ev.order == ref.order
     assert torch.equal(ev.data.x_train, ref.data.x_train) and torch.equal(ev.data.y_train, ref.data.y_train)
 
 
-def test_run_search_trains_every_cell_and_resumes(smoke_run):
-    streams = G.make_streams(smoke_run)
+def test_the_search_sweep_trains_every_cell_and_resumes(smoke_run):
+    streams = protocol.gtep_streams(smoke_run)
     search = {"finetune": [{"lr": 0.05, "epochs": 1, "batch_size": 16}],
               "replay_kd": [{"lr": 0.05, "epochs": 1, "batch_size": 16, "kd_weight": 1.0},
                             {"lr": 0.2, "epochs": 1, "batch_size": 16, "kd_weight": 2.0}]}
-    rows = G.run_search(smoke_run, streams, search, [0], memory=12, verbose=False)
+    res = protocol.gtep_sweep(smoke_run, streams, search, progress=False)
+    assert res.arms() == ["tuning_finetune_c0", "tuning_replay_kd_c0", "tuning_replay_kd_c1",
+                          "evaluation_finetune_c0", "evaluation_replay_kd_c0", "evaluation_replay_kd_c1"]
+    # the disjoint split: each stream has the protocol's 6 classes and its memory of 12 (2 classes × 6)
+    assert res.of("tuning_replay_kd_c1")[0]["extra"]["memory_sizes"][0] == 12
+    rows = G.search_rows(res.jobs)
     assert [(r["phase"], r["method"], r["config"]) for r in rows] == [
         ("tuning", "finetune", 0), ("tuning", "replay_kd", 0), ("tuning", "replay_kd", 1),
         ("evaluation", "finetune", 0), ("evaluation", "replay_kd", 0), ("evaluation", "replay_kd", 1)]
     r = rows[1]
     assert len(r["A"]) == 3 and r["aia"] == pytest.approx(np.mean(r["acc_after"]))
     assert r["hp"] == search["replay_kd"][0]
-    again = G.run_search(smoke_run, streams, search, [0], memory=12, verbose=False)  # from checkpoints
+    again = G.search_rows(protocol.gtep_sweep(smoke_run, streams, search, progress=False).jobs)  # from checkpoints
     assert [x["aia"] for x in again] == [x["aia"] for x in rows]
+    assert "| 0 | tuning | replay_kd | 2 |" in tables.search_blocks_markdown(rows)
+    with pytest.raises(ValueError, match="identifier"):
+        G.search_label("tuning", "replay-kd", 0)
 
 
 def test_chosen_results_are_the_evaluation_runs_of_the_tuning_pick():
@@ -248,4 +262,6 @@ def test_chosen_results_are_the_evaluation_runs_of_the_tuning_pick():
     rows = [row("tuning", 0, 0, 10.0), row("tuning", 1, 0, 20.0),
             row("evaluation", 0, 0, 30.0), row("evaluation", 1, 0, 25.0)]
     got = G.chosen_results(rows, ["replay"])
-    assert got == [{"method": "replay", "seed": 0, "A": [[25.0]], "acc_after": [25.0]}]
+    assert got == [{"arm": "replay", "seed": 0, "extra": {"A": [[25.0]], "acc_after": [25.0]}}]
+    fig, data = figures.plot_matrices(got, "t")
+    assert data["A"][0][0] == 25.0

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from repro.incremental import AccuracyMatrix, ExemplarMemory, check_tasks, herding_order, make_stream
-from repro.incremental.learners import BASELINES, IncrementalConfig, kd_old_classes, run_stream
-from repro.incremental.stream import parse_scenario
+from repro.families.incremental import AccuracyMatrix, ExemplarMemory, check_tasks, herding_order, make_stream
+from repro.families.incremental.arms.baselines import BASELINES
+from repro.families.incremental.learners import IncrementalConfig, run_stream
+from repro.losses.incremental import kd_old_classes
+from repro.families.incremental.stream import parse_scenario
 
 
 def _matrix() -> AccuracyMatrix:
@@ -115,7 +117,7 @@ def test_baselines_fill_the_matrix_and_resume(name, fake_data, tmp_path):
     stream = make_stream(classes=6, scenario="B0-Inc2", order_seed=1993, per_class=8, test_per_class=4,
                          image_size=8)
     assert stream.num_tasks == 3 and stream.tasks == [[0, 1], [2, 3], [4, 5]]
-    cfg = IncrementalConfig(arch="cnn3", arch_kwargs={"width": 4}, epochs=1, lr=0.05, batch_size=8, memory=6)
+    cfg = IncrementalConfig(arch="cnn3", arch_width=4, epochs=1, lr=0.05, batch_size=8, memory=6)
     res = run_stream(stream, BASELINES[name](cfg), seed=0, checkpoint_dir=tmp_path / "ck", progress=False)
     assert res.matrix.A.shape == (3, 3) and np.isfinite(res.matrix.A[np.tril_indices(3)]).all()
     if BASELINES[name].uses_memory:
@@ -137,7 +139,7 @@ def test_unknown_scenario_fails_before_loading(monkeypatch):
 
 
 def test_family_figures_carry_numbers_and_setting():
-    from repro.plots.incremental import accuracy_curves, accuracy_matrix_heatmap
+    from repro.families.incremental.figures import accuracy_curves, accuracy_matrix_heatmap
 
     m = _matrix()
     fig, data = accuracy_matrix_heatmap(m.A, setting="tier smoke · seeds 0")
@@ -150,7 +152,7 @@ def test_family_figures_carry_numbers_and_setting():
 
 
 def test_class_means_by_hand():
-    from repro.incremental.memory import class_means
+    from repro.families.incremental.memory import class_means
 
     f = torch.tensor([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0], [0.0, -5.0]])
     y = torch.tensor([0, 0, 1, 2])

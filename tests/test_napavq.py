@@ -9,9 +9,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from repro.incremental import make_stream
-from repro.incremental.learners import IncrementalConfig, run_stream
-from repro.methods import napavq as N
+from repro import arms
+from repro.families.incremental import figures, make_stream, protocol, tables
+from repro.families.incremental.arms import napavq as N
+from repro.families.incremental.learners import IncrementalConfig, run_stream
+from repro.layers import coding_vectors as CV
+from repro.losses import incremental as LS
+from repro.papers import load_spec
+from repro.run import Run
 
 
 # ------------------------------------------------------------------ small pieces
@@ -30,7 +35,7 @@ def test_rotate_batch_orders_rotations_per_image():
 def test_feature_kd_is_the_frobenius_norm_over_the_batch():
     f = torch.tensor([[3.0, 0.0], [0.0, 0.0]])
     f_old = torch.tensor([[0.0, 4.0], [0.0, 0.0]])
-    assert N.feature_kd(f, f_old).item() == pytest.approx(5.0)
+    assert LS.feature_kd(f, f_old).item() == pytest.approx(5.0)
 
 
 def test_pass_radius_by_hand():
@@ -82,17 +87,17 @@ def test_na_loss_by_hand():
     y = torch.tensor([0])
     only_1 = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     # d²(z, cv0) = 0.81, d²(z, cv1) = 0.01 → relu(0.81 − 0.01)
-    assert N.na_loss(z, y, CVS, only_1).item() == pytest.approx(0.80, abs=1e-5)
+    assert LS.na_loss(z, y, CVS, only_1).item() == pytest.approx(0.80, abs=1e-5)
     # no neighbour (only the diagonal): the official code leaves relu(d_pos)
-    assert N.na_loss(z, y, CVS, torch.eye(3)).item() == pytest.approx(0.81, abs=1e-5)
+    assert LS.na_loss(z, y, CVS, torch.eye(3)).item() == pytest.approx(0.81, abs=1e-5)
     # a far neighbour makes the weighted mean large enough: the hinge is 0
-    assert N.na_loss(z, y, CVS, torch.ones(3, 3)).item() == 0.0
+    assert LS.na_loss(z, y, CVS, torch.ones(3, 3)).item() == 0.0
 
 
 def test_na_loss_weights_are_softmax_of_distances_and_held_constant():
     cvs = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 0.1]])
     z = torch.tensor([[0.9, 0.0]], requires_grad=True)
-    loss = N.na_loss(z, torch.tensor([0]), cvs, torch.ones(3, 3))
+    loss = LS.na_loss(z, torch.tensor([0]), cvs, torch.ones(3, 3))
     d1, d2 = 0.01, 0.02
     w1 = math.exp(-0.001 * d1) / (math.exp(-0.001 * d1) + math.exp(-0.001 * d2))
     assert loss.item() == pytest.approx(0.81 - (w1 * d1 + (1 - w1) * d2), abs=1e-5)
@@ -118,7 +123,7 @@ def test_neighbour_interpolation_stays_on_the_segment_near_the_prototype():
 
 
 def test_frozen_coding_vectors_do_not_move():
-    cv = N.CodingVectors(4, 2, lr_mult=10.0)
+    cv = CV.CodingVectors(4, 2, lr_mult=10.0)
     assert torch.allclose(cv.vectors(), cv.theta * 10)
     before = cv.vectors().detach().clone()
     cv.freeze(2)
@@ -151,7 +156,7 @@ class Flat(nn.Module):
 
 
 def test_cvnet_predicts_the_nearest_normalised_rotation_0_cv():
-    net = N.CVNet(Flat(), num_classes=2, rotations=2, lr_mult=1.0)
+    net = CV.CVNet(Flat(), num_classes=2, rotations=2, lr_mult=1.0)
     with torch.no_grad():  # CVs (class, rotation): (0,0)=[1,0], (0,1)=[-1,0], (1,0)=[0,5], (1,1)=[0,-1]
         net.cv.theta.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 5.0], [0.0, -1.0]]))
     x = torch.zeros(2, 3, 2, 2)
@@ -180,7 +185,7 @@ def test_class_graph_and_stats():
 
 def test_pca_2d_recovers_a_line():
     x = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 0.0], [2.0, 2.0, 0.0], [3.0, 3.0, 0.0]])
-    P, mu, axes = N.pca_2d(x)
+    P, mu, axes = figures.pca_2d(x)
     assert torch.allclose(mu, torch.tensor([1.5, 1.5, 0.0], dtype=torch.float64))
     assert torch.allclose(P[:, 0].abs(), torch.tensor([1.5, 0.5, 0.5, 1.5]) * math.sqrt(2), atol=1e-5)
     assert torch.allclose(P[:, 1], torch.zeros(4), atol=1e-5)
@@ -192,16 +197,18 @@ def test_bad_hyper_parameters_fail_at_construction():
                     ({"augment": "mixup"}, "augment"), ({"na_eps": 1.0}, "na_eps"), ({"na_k": 0}, "na_k"),
                     ({"cv_lr_mult": 0.0}, "cv_lr_mult"), ({"kd_weight": -1.0}, "kd_weight")]:
         with pytest.raises(ValueError, match=msg):
-            N.NapaParams(**kw)
+            N.NapaConfig(memory=0, **kw)
     with pytest.raises(ValueError, match="lr_later_factor"):
         N.NecilConfig(lr_later_factor=0.0, memory=0)
     with pytest.raises(ValueError, match="exemplar-free"):
-        N.NapaVQ(IncrementalConfig(memory=20))
+        N.NapaVQ(N.NapaConfig(memory=20))
     with pytest.raises(ValueError, match="exemplar-free"):
-        N.PassLearner(IncrementalConfig(memory=20))
+        N.PassLearner(N.NapaConfig(memory=20))
+    with pytest.raises(TypeError, match="NapaConfig"):
+        N.PassLearner(IncrementalConfig(memory=0))
     with pytest.raises(ValueError, match="unknown ablation"):
         N.ablation_overrides("no_kd")
-    assert N.NapaParams(na_eps=0.5, na_age=3).e_min == 0.125
+    assert N.NapaConfig(na_eps=0.5, na_age=3).e_min == 0.125
 
 
 def test_later_tasks_use_the_reduced_learning_rate_and_adamw():
@@ -211,47 +218,24 @@ def test_later_tasks_use_the_reduced_learning_rate_and_adamw():
     assert t1.lr == pytest.approx(0.001) and t1.epochs == 3 and t1.optimizer == "adamw"
 
 
-class _Run:
-    def __init__(self, **params):
-        self.params = params
-        self.metrics: dict[str, dict[str, float]] = {}
-
-    def log(self, seed, **values):
-        for k, v in values.items():
-            self.metrics.setdefault(k, {})[str(seed)] = float(v)
-
-
-def test_chapter_learners_check_parameters_first():
-    run = _Run(rotations=7)
+def test_chapter_plan_and_configs_check_parameters_first():
+    plan = N.chapter_plan(["no_na", "gaussian_pa"])
+    assert list(plan) == ["finetune", "pass", "napavq", "napavq_no_na", "napavq_gaussian_pa"]
+    assert all(o["memory"] == 0 for _, o in plan.values())
+    made = {label: arms.make_config(arms.get("incremental", a).config, {"rotations": 2}, **o)
+            for label, (a, o) in plan.items()}
+    assert type(made["finetune"]) is N.NecilConfig and arms.get("incremental", "necil_finetune").impl is N.NecilFineTune
+    g = N.NapaVQ(made["napavq_gaussian_pa"]).hp
+    assert g.augment == "gaussian" and g.na and g.rotations == 2
+    assert not N.NapaVQ(made["napavq_no_na"]).hp.na
     with pytest.raises(ValueError, match="rotations"):
-        N.chapter_learners(run)
-    labels = N.chapter_learners(_Run(rotations=2), ["no_na", "gaussian_pa"])
-    assert list(labels) == ["finetune", "pass", "napavq", "napavq_no_na", "napavq_gaussian_pa"]
-    learner = labels["napavq_gaussian_pa"](N.NecilConfig(memory=0))
-    assert learner.hp.augment == "gaussian" and learner.hp.na and learner.hp.rotations == 2
-    assert not labels["napavq_no_na"](N.NecilConfig(memory=0)).hp.na
+        arms.make_config(N.NapaConfig, {"rotations": 7}, memory=0)
 
 
-def test_claim_metrics_are_paired_by_seed():
-    s = lambda aia, last, fg: {"aia": aia, "last": last, "forgetting": fg}
-    res = [{"method": "finetune", "seed": 0, "summary": s(20.0, 10.0, 50.0)},
-           {"method": "pass", "seed": 0, "summary": s(30.0, 20.0, 10.0)},
-           {"method": "napavq", "seed": 0, "summary": s(35.0, 22.0, 6.0)},
-           {"method": "napavq_no_na", "seed": 0, "summary": s(33.0, 21.0, 7.0)},
-           {"method": "pass", "seed": 1, "summary": s(31.0, 19.0, 12.0)},
-           {"method": "napavq", "seed": 1, "summary": s(29.0, 18.0, 13.0)}]
-    run = _Run()
-    N.log_claim_metrics(run, res)
-    assert run.metrics["aia_napavq_minus_pass"] == {"0": 5.0, "1": -2.0}
-    assert run.metrics["last_napavq_minus_pass"] == {"0": 2.0, "1": -1.0}
-    assert run.metrics["forgetting_pass_minus_napavq"] == {"0": 4.0, "1": -1.0}
-    assert run.metrics["aia_pass_minus_finetune"] == {"0": 10.0}
-    assert run.metrics["aia_napavq_minus_napavq_no_na"] == {"0": 2.0}
-    assert "aia_napavq_euclidean" not in run.metrics   # no extras, nothing logged
-    res = [{"method": "napavq", "seed": 3, "summary": s(0.0, 0.0, 0.0),
-            "extras": [{"acc_euclidean": 60.0}, {"acc_euclidean": 40.0}]}]
-    N.log_claim_metrics(run, res)
-    assert run.metrics["aia_napavq_euclidean"] == {"3": 50.0} and run.metrics["last_napavq_euclidean"] == {"3": 40.0}
+def test_euclidean_metrics_need_every_task():
+    assert N.euclidean_metrics([{"acc_euclidean": 60.0}, {"acc_euclidean": 40.0}]) == {
+        "aia_euclidean": 50.0, "last_euclidean": 40.0}
+    assert N.euclidean_metrics([{"acc_euclidean": 60.0}, {}]) == {} and N.euclidean_metrics([]) == {}
 
 
 # ------------------------------------------------------------------ on a tiny stream
@@ -259,8 +243,8 @@ def _stream():
     return make_stream(classes=6, scenario="B0-Inc3", per_class=8, test_per_class=4, image_size=8)
 
 
-def _cfg():
-    return N.NecilConfig(arch="cnn3", arch_kwargs={"width": 4}, epochs=1, lr=0.01, batch_size=8, memory=0)
+def _cfg(**kw):
+    return N.NapaConfig(arch="cnn3", arch_width=4, epochs=1, lr=0.01, batch_size=8, memory=0, **kw)
 
 
 class _Spy(N.NapaVQ):
@@ -273,7 +257,7 @@ class _Spy(N.NapaVQ):
 
 def test_napavq_freezes_old_cvs_and_stores_next_task_prototypes(fake_data):
     stream = _stream()
-    learner = _Spy(_cfg(), N.NapaParams(rotations=2, na_k=3))
+    learner = _Spy(_cfg(rotations=2, na_k=3))
     res = run_stream(stream, learner, seed=0, progress=False)
     first, second = learner.snap
     assert torch.equal(first[:6], second[:6])         # 3 classes × 2 rotations frozen in task 2
@@ -287,9 +271,28 @@ def test_napavq_freezes_old_cvs_and_stores_next_task_prototypes(fake_data):
 
 def test_pass_stores_rotation_0_prototypes_and_a_first_task_radius(fake_data):
     stream = _stream()
-    learner = N.PassLearner(_cfg(), N.NapaParams(rotations=2))
+    learner = N.PassLearner(_cfg(rotations=2))
     res = run_stream(stream, learner, seed=0, progress=False)
     assert learner.has_proto.tolist() == [True, False] * 6     # rows c·R only
     assert learner.radius > 0 and res.extras[0]["radius"] == res.extras[1]["radius"]
     out = res.model(stream.data.x_test[:2].float())
     assert out.shape == (2, 6)
+
+
+def test_chapter_sweep_pairs_the_claims_and_draws_the_graph(fake_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRO_CHECKPOINTS", str(tmp_path / "ckpt"))
+    spec = load_spec("napavq")
+    params = spec.resolve("smoke", {"classes": 6, "scenario": "B0-Inc3", "per_class": 8, "test_per_class": 4,
+                                    "image_size": 8, "seeds": [0, 1], "rotations": 2, "ablations": ["no_na"]})
+    run = Run(spec, params, torch.device("cpu"), folder=tmp_path / "run")
+    stream = protocol.stream(run)
+    res = protocol.sweep(run, stream, N.chapter_plan(params["ablations"]), keep_models=True, progress=False)
+    assert res.arms() == ["finetune", "pass", "napavq", "napavq_no_na"]
+    assert "aia_euclidean" in res.of("napavq")[0]["metrics"] and "aia_euclidean" not in res.of("pass")[0]["metrics"]
+    claims = {c.id: run.claim_values(c) for c in spec.claims}
+    assert claims["napavq_beats_pass_aia"] == {str(s): v for s, v in res.paired("aia", "napavq", "pass").items()}
+    assert "| napavq_no_na |" in tables.inference_markdown(res, ["napavq", "napavq_no_na"])
+    assert tables.graph_markdown(res, ["napavq"]).startswith("| learner | after task 1 | after task 2 |")
+    fig, data = figures.plot_neighbourhood(res.of("napavq")[0]["model"], stream, "t", max_classes=4)
+    assert data["shown_classes"] == 4 and len(data["class_graph"]) == 6
+

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from repro import models
+from repro import arms, models
 from repro.data import Dataset
-from repro.incremental import chapter
-from repro.incremental.learners import FineTune, IncrementalConfig, Replay
-from repro.incremental.stream import Stream
-from repro.methods import nmc
+from repro.families.incremental import protocol, tables
+from repro.families.incremental.arms import nmc
+from repro.families.incremental.arms.baselines import FineTune, Replay
+from repro.families.incremental.learners import IncrementalConfig
+from repro.families.incremental.stream import Stream
 from repro.papers import load_spec
 from repro.run import Run
 
@@ -73,13 +74,19 @@ def test_joint_probe_separates_separable_features_and_sequential_probe_is_seeded
     assert a.rows == b.rows
 
 
-def test_result_rows_feed_the_family_tables():
+def test_frozen_arms_give_jobs_that_feed_the_family_tables():
     s = toy_stream([0, 0, 1, 1], [0, 0, 1], [[0], [1]])
-    m = nmc.nmc_stream(s, torch.tensor([[0.0, 0], [2, 0], [4, 0], [4, 0]]), torch.tensor([[0.0, 0], [3, 0], [5, 0]]),
-                       normalize=False)
-    rows = [nmc.result_row("nmc", seed, s, m, 0.0, 0.1) for seed in (0, 1)]
-    assert rows[0]["summary"]["forgetting"] == pytest.approx(50.0) and rows[1]["seed"] == 1
-    assert "| nmc (n=2) | 83.33 ± 0.00 | 66.67 ± 0.00 | 50.00 ± 0.00 |" in chapter.summary_markdown(rows)
+    feats = nmc.FrozenFeatures(s, torch.tensor([[0.0, 0], [2, 0], [4, 0], [4, 0]]), torch.tensor([[0.0, 0], [3, 0], [5, 0]]))
+    assert arms.get("incremental", "nmc").impl is nmc.nearest_mean
+    assert arms.get("incremental", "probe").config is nmc.ProbeConfig
+    jobs = []
+    for seed in (0, 1):
+        job = protocol.frozen_job(feats, nmc.nearest_mean, nmc.NMCConfig(normalize=False), "nmc_raw")(seed, None)
+        jobs.append({"arm": "nmc_raw", "seed": seed, "metrics": job.metrics, "train_s": job.train_s, "extra": job.extra})
+    assert jobs[0]["metrics"]["forgetting"] == pytest.approx(50.0) and jobs[1]["extra"]["A"] == [[100.0], [50.0, 100.0]]
+    assert "| nmc_raw (n=2) | 83.33 ± 0.00 | 66.67 ± 0.00 | 50.00 ± 0.00 |" in tables.summary_markdown(jobs)
+    probe = nmc.linear_probe(feats, nmc.ProbeConfig(probe_epochs=2, batch_size=2), seed=0, label="probe_seq")
+    assert probe.learner == "probe_seq" and len(probe.matrix.rows) == 2 and probe.memory_sizes == [0, 0]
 
 
 # -- which classes pretrain the backbone ---------------------------------------------------------------
@@ -99,7 +106,7 @@ def test_pretrain_split_takes_the_tail_of_the_order_and_keeps_clear_tasks():
 
 
 def test_restrict_stream_drops_the_later_tasks_and_their_images(fake_data):
-    from repro.incremental import make_stream
+    from repro.families.incremental import make_stream
 
     s = make_stream(classes=20, scenario="B0-Inc5", per_class=4, test_per_class=2, image_size=8)
     r = nmc.restrict_stream(s, 2)
@@ -109,17 +116,32 @@ def test_restrict_stream_drops_the_later_tasks_and_their_images(fake_data):
     assert nmc.restrict_stream(s, 4) is s
 
 
-def test_check_params_refuses_bad_settings_before_any_training():
+def test_configs_refuse_bad_settings_before_any_training():
     spec = load_spec("nmc")
-    nmc.check_params(spec.resolve("cpu"))
+    arms.make_config(nmc.BackboneConfig, spec.resolve("cpu"))
     with pytest.raises(ValueError, match="needs its pretrained weights"):
-        nmc.check_params(spec.resolve("paper"))                  # ViT-B/16-in21k: no weights here
+        arms.make_config(nmc.BackboneConfig, spec.resolve("paper"))     # ViT-B/16-in21k: no weights here
     with pytest.raises(ValueError, match="does not exist"):
-        nmc.check_params(spec.resolve("paper", {"weights": "/no/such/file.pt"}))
-    for bad in ({"pretrain_classes": 0}, {"pretrain_classes": 100}, {"pretrain_epochs": 0},
-                {"probe_epochs": 0}, {"epochs": 0}, {"arch": "resnet7"}, {"pretrain_per_class": -1}):
+        arms.make_config(nmc.BackboneConfig, spec.resolve("paper", {"weights": "/no/such/file.pt"}))
+    for bad in ({"pretrain_classes": 0}, {"pretrain_classes": 100}, {"pretrain_epochs": 0}, {"arch": "resnet7"},
+                {"pretrain_per_class": -1}):
         with pytest.raises(ValueError):
-            nmc.check_params(spec.resolve("cpu", bad))
+            arms.make_config(nmc.BackboneConfig, spec.resolve("cpu", bad))
+    with pytest.raises(ValueError, match="probe_epochs"):
+        arms.make_config(nmc.ProbeConfig, spec.resolve("cpu", {"probe_epochs": 0}))
+    with pytest.raises(ValueError, match="fine-tuning epochs"):
+        nmc.check_finetune(arms.make_config(IncrementalConfig, spec.resolve("cpu", {"epochs": 0})))
+
+
+def test_nmc_stream_checks_every_config_before_reading_data(monkeypatch, tmp_path):
+    def boom(*a, **k):
+        raise AssertionError("data was read")
+    monkeypatch.setattr("repro.data.load", boom)
+    spec = load_spec("nmc")
+    for bad in ({"epochs": 0}, {"probe_epochs": 0}, {"pretrain_classes": 45}):
+        run = Run(spec, spec.resolve("gpu", bad), torch.device("cpu"), folder=tmp_path)
+        with pytest.raises(ValueError):
+            protocol.nmc_stream(run)
 
 
 def test_chapter_stream_errors_on_a_straddling_split_before_training(fake_data, tmp_path, monkeypatch):
@@ -127,7 +149,7 @@ def test_chapter_stream_errors_on_a_straddling_split_before_training(fake_data, 
     params = load_spec("nmc").resolve("gpu", {"pretrain_classes": 45})
     run = Run(load_spec("nmc"), params, torch.device("cpu"))
     with pytest.raises(ValueError, match="both sides"):
-        nmc.chapter_stream(run)
+        protocol.nmc_stream(run)
 
 
 def test_chapter_stream_cuts_the_full_stream_and_keeps_pretraining_classes_out(fake_data, tmp_path, monkeypatch):
@@ -135,7 +157,7 @@ def test_chapter_stream_cuts_the_full_stream_and_keeps_pretraining_classes_out(f
     # the gpu tier's 100-class stream, with fewer and smaller images for speed
     params = load_spec("nmc").resolve("gpu", {"per_class": 2, "test_per_class": 1, "image_size": 8})
     run = Run(load_spec("nmc"), params, torch.device("cpu"))
-    stream, pre = nmc.chapter_stream(run)
+    stream, pre = protocol.nmc_stream(run)
     assert stream.num_tasks == 5 and stream.num_classes == 50 and len(pre) == 50
     assert not set(pre) & set(stream.order) and set(pre) | set(stream.order) == set(range(100))
     assert "50 classes" in run.data_info["description"]
@@ -189,15 +211,40 @@ def test_timm_backbone_from_a_weights_file_sees_unnormalised_resized_images(tmp_
         nmc.timm_backbone("test_resnet", str(tmp_path / "bad.pt"))
 
 
-def test_cifar_backbone_is_trained_once_and_cached(fake_data, tmp_path, monkeypatch):
+def test_cifar_backbone_is_trained_once_and_stored(fake_data, tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_CHECKPOINTS", str(tmp_path / "ckpt"))
+    monkeypatch.setenv("REPRO_ARTIFACTS", str(tmp_path / "artifacts"))
     params = load_spec("nmc").resolve("smoke")
     params.update(per_class=4, test_per_class=2, image_size=8, pretrain_per_class=4)
     run = Run(load_spec("nmc"), params, torch.device("cpu"))
-    stream, pre = nmc.chapter_stream(run)
+    stream, pre = protocol.nmc_stream(run)
     assert stream.num_classes == 6 and len(pre) == 10 and not set(pre) & set(stream.order)
-    a = nmc.chapter_backbone(run, stream, pre)
-    assert not a.info["cached"] and len(a.info["history"]) == 2 and "nmc_aia" in a.info["history"][0]
-    b = nmc.chapter_backbone(run, stream, pre)
-    assert b.info["cached"] and all(torch.equal(a.state[k], b.state[k]) for k in a.state)
-    assert b.info["history"] == a.info["history"]
+    a = protocol.nmc_backbone(run, stream, pre)
+    assert a.info["built_now"] and len(a.info["history"]) == 2 and "nmc_aia" in a.info["history"][0]
+    stored = list((tmp_path / "artifacts" / "backbones").glob("cnn3-c10-*/artifact.json"))
+    assert len(stored) == 1 and [p.name for p in stored[0].parent.iterdir()] != [] and \
+        not (stored[0].parent / "fit").exists()
+    assert run.notes["backbone"]["key"] == a.info["key"]
+    b = protocol.nmc_backbone(run, stream, pre)
+    assert not b.info["built_now"] and all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+    assert b.info["history"] == a.info["history"] and b.info["test_acc"] == a.info["test_acc"]
+    # a different setting is another artifact
+    run.params["pretrain_epochs"] = 1
+    c = protocol.nmc_backbone(run, stream, pre)
+    assert c.info["built_now"] and c.info["key"] != a.info["key"]
+
+
+def test_nmc_sweep_runs_every_arm_and_pairs_the_claims(fake_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRO_CHECKPOINTS", str(tmp_path / "ckpt"))
+    monkeypatch.setenv("REPRO_ARTIFACTS", str(tmp_path / "artifacts"))
+    params = load_spec("nmc").resolve("smoke")
+    params.update(per_class=4, test_per_class=2, image_size=8, pretrain_per_class=4, seeds=[0, 1])
+    run = Run(load_spec("nmc"), params, torch.device("cpu"))
+    stream, pre = protocol.nmc_stream(run)
+    res = protocol.nmc_sweep(run, stream, protocol.nmc_backbone(run, stream, pre), progress=False)
+    assert res.arms() == list(nmc.PLAN) and all(j["n_test"] == 6 * 2 for j in res.jobs)
+    assert res.per_seed("aia", "nmc")[0] == res.per_seed("aia", "nmc")[1]  # no randomness in NMC
+    claims = {c.id: run.claim_values(c) for c in run.spec.claims}
+    assert claims["nmc_beats_replay"] == {str(s): v for s, v in res.paired("aia", "nmc", "replay").items()}
+    assert claims["nmc_forgets_less"]["1"] == pytest.approx(res.value("replay", 1, "forgetting")
+                                                          - res.value("nmc", 1, "forgetting"))

@@ -10,8 +10,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from repro.incremental.stream import make_stream
-from repro.methods import compatible as C
+from repro import arms
+from repro.families.incremental import figures, protocol, tables
+from repro.families.incremental.arms import oca as C
+from repro.families.incremental.stream import make_stream
+from repro.losses import incremental as L
+from repro.papers import load_spec
+from repro.run import Run
 
 # Six unit vectors at these angles (degrees) with these labels. Cosine similarity ranks by
 # angular distance, and no two distances from one query tie.
@@ -99,11 +104,11 @@ CE_2_0 = math.log(1 + math.exp(-2))   # 0.126928
 
 def test_influence_and_alignment_by_hand():
     P, y = torch.eye(2), torch.tensor([0])
-    assert C.influence_loss(torch.tensor([[5.0, 0.0]]), P, y, 0.0).item() == pytest.approx(CE_1_0, abs=1e-6)
+    assert L.influence_loss(torch.tensor([[5.0, 0.0]]), P, y, 0.0).item() == pytest.approx(CE_1_0, abs=1e-6)
     # label smoothing 0.1 over 2 classes: 0.9·CE + 0.1·mean_c(−log p_c)
     ls = 0.9 * CE_1_0 + 0.1 * (CE_1_0 + (1 + CE_1_0)) / 2
-    assert C.influence_loss(torch.tensor([[5.0, 0.0]]), P, y, 0.1).item() == pytest.approx(ls, abs=1e-6)
-    assert C.alignment_loss(torch.tensor([[1.0, 1.0]]), P, y).item() == pytest.approx(1 - 1 / math.sqrt(2), abs=1e-6)
+    assert L.influence_loss(torch.tensor([[5.0, 0.0]]), P, y, 0.1).item() == pytest.approx(ls, abs=1e-6)
+    assert L.alignment_loss(torch.tensor([[1.0, 1.0]]), P, y).item() == pytest.approx(1 - 1 / math.sqrt(2), abs=1e-6)
 
 
 class Stub(nn.Module):
@@ -176,6 +181,9 @@ def test_bad_arms_split_and_inputs():
             C.check_arms(bad)
     with pytest.raises(ValueError, match="ablation"):
         C.chapter_arms("yes")
+    assert C.chapter_plan(True) == {a: (a, {}) for a in C.ARMS}
+    assert all(arms.get("incremental", a).config is C.CompatConfig for a in C.ARMS)
+    assert arms.get("incremental", "oca").impl(C.CompatConfig(arch="cnn3", embed_dim=4)).build(3).dim == 4 + 32
     assert C.old_classes(100) == 50 and C.old_classes(20) == 10 and C.old_classes(5) == 2
     with pytest.raises(ValueError, match="at least 2"):
         C.old_classes(1)
@@ -193,61 +201,46 @@ def test_bad_arms_split_and_inputs():
         C.retrieval_metrics(x, y, x[:5], y[:5])
 
 
-class FakeRun:
-    def __init__(self, tmp=None):
-        self.logged: dict[str, dict[int, float]] = {}
-        self.device = torch.device("cpu")
-        self.tmp = tmp
-
-    def log(self, seed, **values):
-        for k, v in values.items():
-            self.logged.setdefault(k, {})[seed] = v
-
-    def checkpoint_dir(self, *key):
-        return self.tmp / "-".join(map(str, key))
+def test_per_seed_numbers_of_the_old_and_the_new_models():
+    pairs = {"old_old": {"map": 20.0, "top1": 21.0}, "new_old": {"map": 22.0, "top1": 23.0},
+             "new_new": {"map": 29.5, "top1": 30.5}}
+    assert C.old_metrics({"old_old": pairs["old_old"]}, 50.0) == {
+        "map_old_gallery": 20.0, "top1_old_gallery": 21.0, "map_own_gallery": 20.0, "top1_own_gallery": 21.0,
+        "acc": 50.0}
+    assert C.new_metrics(pairs, 40.0) == {"map_old_gallery": 22.0, "top1_old_gallery": 23.0,
+                                          "map_own_gallery": 29.5, "top1_own_gallery": 30.5, "acc": 40.0}
 
 
-def _new_pairs(no, nn_):
-    return {"new_old": {"map": no, "top1": no + 1}, "new_new": {"map": nn_, "top1": nn_ + 1}}
-
-
-def test_seed_metrics_are_paired_differences():
-    rows = []
-    for s, oo, (ind, bct, oca) in ((0, 20.0, ((2.0, 30.0), (21.0, 27.0), (22.0, 29.5))),
-                                  (1, 22.0, ((3.0, 31.0), (22.5, 28.0), (21.0, 32.0)))):
-        rows.append({"method": "old", "seed": s, "pairs": {"old_old": {"map": oo, "top1": oo + 1}}, "acc": 50.0})
-        for arm, (no, nn_) in zip(("independent", "bct", "oca"), (ind, bct, oca)):
-            rows.append({"method": arm, "seed": s, "pairs": _new_pairs(no, nn_), "acc": 40.0})
-    run = FakeRun()
-    C.log_seed_metrics(run, rows)
-    assert run.logged["map_oca_new_old_minus_old_old"] == {0: pytest.approx(2.0), 1: pytest.approx(-1.0)}
-    assert run.logged["map_oca_minus_bct_new_new"] == {0: pytest.approx(2.5), 1: pytest.approx(4.0)}
-    assert run.logged["map_oca_new_new_minus_independent"] == {0: pytest.approx(-0.5), 1: pytest.approx(1.0)}
-    assert run.logged["map_independent_new_old_minus_old_old"] == {0: pytest.approx(-18.0), 1: pytest.approx(-19.0)}
-    assert run.logged["top1_bct_new_old"] == {0: 22.0, 1: 23.5} and run.logged["map_old_old"] == {0: 20.0, 1: 22.0}
-    assert "map_oca_minus_no_ortho_new_new" not in run.logged
-
-
-def test_tiny_end_to_end_run_and_resume(fake_data, tmp_path):
-    stream = make_stream(classes=4, scenario="B0-Inc2", per_class=8, test_per_class=4, image_size=16)
-    cfg = C.CompatConfig(arch="cnn3", arch_width=4, embed_dim=6, extra_dim=2, epochs=2, batch_size=8,
-                         warmup_epochs=0.0)
-    run = FakeRun(tmp_path)
-    res = C.run_chapter(run, stream, cfg, ["independent", "oca"], [0])
-    assert [r["method"] for r in res] == ["old", "independent", "oca"]
-    old, ind, oca = res
-    assert old["classes"] == 2 and ind["classes"] == 4 and oca["dim"] == 8 and ind["dim"] == 6
-    assert set(oca["pairs"]) == set(C.PAIRS) and oca["pairs"]["new_new"]["queries"] == 16  # 4 classes × 4 test
-    assert oca["pairs"]["old_old"] == ind["pairs"]["old_old"] == old["pairs"]["old_old"]
-    assert oca["ortho_error"] < 1e-4 and len(oca["feature_var"]) == 8
-    C.log_seed_metrics(run, res)
-    assert set(run.logged["map_oca_new_old_minus_old_old"]) == {0}
-    again = C.run_chapter(run, stream, cfg, ["independent", "oca"], [0])  # every job loads its checkpoint
-    assert [r["pairs"] for r in again] == [r["pairs"] for r in res]
-    assert "| oca (n=1) |" in C.summary_markdown(res, ["independent", "oca"])
-    for fn, args in ((C.plot_compatibility, (res, ["independent", "oca"], "t")),
-                     (C.plot_pairs, (res, ["independent", "oca"], "t")),
-                     (C.plot_feature_variance, (res, ["independent", "oca"], 6, "t"))):
+def test_tiny_sweep_pairs_the_claims_and_resumes(fake_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRO_CHECKPOINTS", str(tmp_path / "ckpt"))
+    spec = load_spec("oca")
+    params = spec.resolve("smoke", {"classes": 4, "scenario": "B0-Inc2", "per_class": 8, "test_per_class": 4,
+                                    "image_size": 16, "seeds": [0, 1], "epochs": 2, "batch_size": 8,
+                                    "arch_width": 4, "embed_dim": 6, "extra_dim": 2, "warmup_epochs": 0.0})
+    run = Run(spec, params, torch.device("cpu"), folder=tmp_path / "run")
+    stream = protocol.stream(run)
+    plan = {"independent": ("independent", {}), "oca": ("oca", {})}
+    res = protocol.oca_sweep(run, stream, plan, progress=False)
+    assert [(j["arm"], j["seed"]) for j in res.jobs] == [(a, s) for s in (0, 1) for a in ("old", "independent", "oca")]
+    old, ind, oca = res.jobs[:3]
+    assert old["extra"]["classes"] == 2 and ind["extra"]["classes"] == 4 and oca["extra"]["dim"] == 8
+    assert set(oca["extra"]["pairs"]) == set(C.PAIRS) and oca["extra"]["pairs"]["new_new"]["queries"] == 16
+    assert oca["extra"]["pairs"]["old_old"] == ind["extra"]["pairs"]["old_old"] == old["extra"]["pairs"]["old_old"]
+    assert oca["extra"]["ortho_error"] < 1e-4 and len(oca["extra"]["feature_var"]) == 8 and oca["n_test"] == 16
+    assert old["train_images"] > 0 and oca["metrics"]["map_old_gallery"] == oca["extra"]["pairs"]["new_old"]["map"]
+    claims = {c.id: c for c in spec.claims}
+    compat = run.claim_values(claims["oca_backward_compatible"])
+    assert compat["1"] == pytest.approx(res.jobs[5]["extra"]["pairs"]["new_old"]["map"]
+                                        - res.jobs[3]["extra"]["pairs"]["old_old"]["map"])
+    assert run.claim_values(claims["oca_close_to_independent"])["0"] == pytest.approx(
+        oca["extra"]["pairs"]["new_new"]["map"] - ind["extra"]["pairs"]["new_new"]["map"])
+    assert run.claim_values(claims["oca_beats_bct_new_new"]) is None  # bct was not trained here
+    again = protocol.oca_sweep(run, stream, plan, progress=False)  # every job loads its checkpoint
+    assert [j["extra"]["pairs"] for j in again.jobs] == [j["extra"]["pairs"] for j in res.jobs]
+    assert "| oca (n=2) |" in tables.compatibility_markdown(res, ["independent", "oca"])
+    for fn, args in ((figures.plot_compatibility, (res, ["independent", "oca"], "t")),
+                     (figures.plot_pairs, (res, ["independent", "oca"], "t")),
+                     (figures.plot_feature_variance, (res, ["independent", "oca"], 6, "t"))):
         fig, data = fn(*args)
         assert data["setting"] == "t"
     assert list(data["arms"]) == ["oca"]  # only the arm with extra dimensions

@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from repro import models
-from repro.incremental import chapter
-from repro.incremental.learners import IncrementalConfig, run_stream
-from repro.methods import weight_aligning as wa
+from repro import arms, models
+from repro.errors import ParameterError
+from repro.families.incremental import figures, protocol, tables
+from repro.families.incremental.arms import wa
+from repro.families.incremental.learners import run_stream
 from repro.papers import load_spec
 from repro.run import Run
 
@@ -101,8 +102,9 @@ def _naive_loss(logits, old_logits, y, seen, old, T, mode, w):
 @pytest.mark.parametrize("mode", ["paper", "pycil"])
 def test_loss_matches_a_naive_computation(mode):
     torch.manual_seed(1)
-    cfg = IncrementalConfig(arch="cnn3", arch_kwargs={"width": 4}, kd_temperature=2.0, kd_weight=2.0)
-    learner = wa.WeightAligning(cfg, align=True, clip=False, kd_mode=mode)
+    cfg = wa.WAConfig(arch="cnn3", arch_width=4, kd_temperature=2.0, kd_weight=2.0, align=True, clip_weights=False,
+                      kd_mode=mode)
+    learner = wa.WeightAligning(cfg)
     model = learner.build(6).eval()
     learner.old_model = learner.build(6).eval()
     x, y = torch.randn(5, 3, 8, 8), torch.tensor([0, 1, 2, 3, 2])
@@ -118,8 +120,7 @@ def test_loss_matches_a_naive_computation(mode):
 
 
 def test_clipping_learner_clips_before_each_forward():
-    cfg = IncrementalConfig(arch="cnn3", arch_kwargs={"width": 4})
-    learner = wa.WeightAligning(cfg, clip=True)
+    learner = wa.WeightAligning(wa.WAConfig(arch="cnn3", arch_width=4, clip_weights=True))
     model = learner.build(6)
     assert (model.head.weight < 0).any()
     learner.loss_fn(0, 2, 0)(model, torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
@@ -127,15 +128,16 @@ def test_clipping_learner_clips_before_each_forward():
 
 
 def test_bad_inputs_fail_before_training():
-    cfg = IncrementalConfig(arch="cnn3")
     with pytest.raises(ValueError, match="kd_mode"):
-        wa.WeightAligning(cfg, kd_mode="bic")
-    with pytest.raises(ValueError, match="kd_mode"):
-        wa.chapter_learners(kd_mode="lwf")
-    with pytest.raises(ValueError, match="norm_seed"):
-        wa.check_params("paper", 2.0, norm_seed=5, seeds=[0, 1])
+        wa.WAConfig(arch="cnn3", kd_mode="bic")
     with pytest.raises(ValueError, match="kd_weight"):
-        wa.check_params("pycil", -1.0, norm_seed=0, seeds=[0])
+        wa.WAConfig(arch="cnn3", kd_mode="pycil", kd_weight=-1.0)
+    with pytest.raises(ParameterError, match="kd_mode"):
+        arms.make_config(wa.WAConfig, {"kd_mode": "lwf"})
+    with pytest.raises(TypeError, match="WAConfig"):
+        wa.WeightAligning(wa.IncrementalConfig(arch="cnn3"))
+    with pytest.raises(ValueError, match="norm_seed"):
+        wa.check_norm_seed(5, [0, 1])
     with pytest.raises(ValueError, match="old"):
         wa.align_gamma(torch.ones(4, 2), old=0, seen=2)
     with pytest.raises(ValueError, match="old"):
@@ -144,13 +146,17 @@ def test_bad_inputs_fail_before_training():
         wa.align_gamma(torch.tensor([[1.0, 0.0], [0.0, 0.0]]), old=1, seen=2)
 
 
-def test_chapter_arms():
-    arms = wa.chapter_learners("paper", clip=True, with_align_only=True)
-    assert list(arms) == ["finetune", "replay_kd", "wa", "wa_noclip"]
-    cfg = IncrementalConfig(arch="cnn3")
-    rk, w, nc = arms["replay_kd"](cfg), arms["wa"](cfg), arms["wa_noclip"](cfg)
+def test_wa_is_a_registered_arm_and_the_chapter_plan_switches_its_parts():
+    a = arms.get("incremental", "wa")
+    assert a.impl is wa.WeightAligning and a.config is wa.WAConfig
+    plan = wa.chapter_plan(clip_weights=True, with_align_only=True)
+    assert list(plan) == ["finetune", "replay_kd", "wa", "wa_noclip"]
+    made = {label: arms.make_config(arms.get("incremental", name).config, {"arch": "cnn3"}, **o)
+            for label, (name, o) in plan.items()}
+    rk, w, nc = (wa.WeightAligning(made[k]) for k in ("replay_kd", "wa", "wa_noclip"))
     assert (rk.align, rk.clip, w.align, w.clip, nc.align, nc.clip) == (False, False, True, True, True, False)
-    assert list(wa.chapter_learners("paper", clip=False, with_align_only=True)) == ["finetune", "replay_kd", "wa"]
+    assert type(made["finetune"]) is wa.IncrementalConfig
+    assert list(wa.chapter_plan(clip_weights=False, with_align_only=True)) == ["finetune", "replay_kd", "wa"]
 
 
 def test_bias_metrics_by_hand():
@@ -159,12 +165,15 @@ def test_bias_metrics_by_hand():
                "share_after": 70.0, "true_share": 50.0, "gamma": 1 / 1.2},
               {"task": 2, "seen": 6, "seen_before": 4, "norm_ratio_before": 1.5, "share_before": 80.0,
                "share_after": 40.0, "true_share": 100 / 3, "gamma": 1 / 1.5}]
-    b = wa.bias_metrics({"extras": extras})
+    b = wa.bias_metrics(extras)
     assert b["new_share_excess"] == pytest.approx(40.0 - 100 / 3)
+    assert b["new_share_abs_excess"] == pytest.approx(40.0 - 100 / 3)
     assert b["new_share_excess_unaligned"] == pytest.approx(80.0 - 100 / 3)
     assert b["norm_excess_last"] == pytest.approx(50.0)
     assert b["norm_excess_mean"] == pytest.approx(35.0)
-    assert wa.bias_metrics({"extras": [{}]}) == {}
+    assert wa.bias_metrics([{}]) == {} and wa.bias_metrics([]) == {}
+    b = wa.bias_metrics([extras[0], {**extras[1], "share_after": 20.0}])
+    assert b["new_share_excess"] == -30.0 and b["new_share_abs_excess"] == 30.0
 
 
 PARAMS = dict(tier="smoke", classes=6, scenario="B0-Inc2", order_seed=1993, per_class=8, test_per_class=4,
@@ -182,9 +191,8 @@ def run(fake_data, tmp_path, monkeypatch):
 
 
 def test_a_stream_records_norms_and_shares_and_aligns(run):
-    stream = chapter.protocol_stream(run)
-    cfg = chapter.protocol_config(run)
-    res = run_stream(stream, wa.WeightAligning(cfg), seed=0, progress=False)
+    stream = protocol.stream(run)
+    res = run_stream(stream, wa.WeightAligning(protocol.config(wa.WAConfig, run)), seed=0, progress=False)
     assert [e["task"] for e in res.extras] == [0, 1, 2] and res.extras[0]["gamma"] is None
     for e in res.extras[1:]:
         old, seen = e["seen_before"], e["seen"]
@@ -200,34 +208,33 @@ def test_a_stream_records_norms_and_shares_and_aligns(run):
     assert final[4:].mean().item() == pytest.approx(final[:4].mean().item(), rel=1e-5)
 
 
-def test_chapter_metrics_and_figures(run):
-    stream = chapter.protocol_stream(run)
-    cfg = chapter.protocol_config(run)
-    arms = wa.chapter_learners("paper", clip=True)
-    res = chapter.run_learners(run, stream, arms, cfg, [0, 1])
-    chapter.log_seed_metrics(run, res)
-    wa.log_chapter_metrics(run, res)
-    by = {(r["method"], r["seed"]): r for r in res}
+def test_chapter_sweep_rows_claims_and_figures(run):
+    stream = protocol.stream(run)
+    plan = wa.chapter_plan(clip_weights=True)
+    res = protocol.sweep(run, stream, plan, progress=False)
     for s in (0, 1):
-        rk, w = wa.bias_metrics(by[("replay_kd", s)]), wa.bias_metrics(by[("wa", s)])
-        assert run.metrics["new_share_bias_replay_kd_minus_wa"][str(s)] == pytest.approx(
-            abs(rk["new_share_excess"]) - abs(w["new_share_excess"]))
-        assert run.metrics["aia_wa_minus_replay_kd"][str(s)] == pytest.approx(
-            by[("wa", s)]["summary"]["aia"] - by[("replay_kd", s)]["summary"]["aia"])
-        assert rk["new_share_excess"] == rk["new_share_excess_unaligned"]  # replay_kd never aligns
-    assert "norm_excess_last_replay_kd" in run.metrics and "new_share_excess_finetune" not in run.metrics
-    md = wa.bias_markdown(res, list(arms))
+        assert res.value("replay_kd", s, "new_share_excess") == res.value("replay_kd", s, "new_share_excess_unaligned")
+        assert res.value("wa", s, "new_share_abs_excess") == abs(res.value("wa", s, "new_share_excess"))
+    # the claims pair the rows by seed: |excess(replay_kd)| − |excess(wa)|, aia(wa) − aia(replay_kd)
+    claims = {c.id: c for c in run.spec.claims}
+    bias = run.claim_values(claims["wa_reduces_new_class_bias"])
+    assert bias["1"] == pytest.approx(res.value("replay_kd", 1, "new_share_abs_excess")
+                                      - res.value("wa", 1, "new_share_abs_excess"))
+    assert run.claim_values(claims["wa_raises_aia"]) == {str(s): v for s, v in res.paired("aia", "wa", "replay_kd").items()}
+    assert run.claim_values(claims["kd_new_norms_larger"])["0"] == res.value("replay_kd", 0, "norm_excess_last")
+    assert "norm_excess_last" not in res.of("finetune")[0]["metrics"]
+    md = tables.bias_markdown(res, list(plan))
     assert "| replay_kd (n=2) |" in md and "| wa (n=2) |" in md and "finetune" not in md
-    fig, data = wa.plot_norms(res, 0, "test setting")
+    fig, data = figures.plot_norms(res, 0, "test setting")
     assert data["seen"] == 6 and data["old"] == 4 and len(data["norms_after"]) == 6
     assert set(data["ratios"]) == {"replay_kd", "wa"} and data["ratios"]["wa"]["seen"] == [4, 6]
-    fig, data = wa.plot_new_share(res, "test setting")
+    fig, data = figures.plot_new_share(res, "test setting")
     assert "before" in data["wa"] and "before" not in data["replay_kd"]
     assert data["true_share"]["share"] == pytest.approx([50.0, 100 / 3])
     with pytest.raises(ValueError, match="seed 7"):
-        wa.plot_norms(res, 7, "test setting")
+        figures.plot_norms(res, 7, "test setting")
 
 
 def test_arm_colors_follow_the_curves_order():
-    res = [{"method": "finetune"}, {"method": "replay_kd"}, {"method": "wa"}, {"method": "finetune"}]
-    assert wa.arm_colors(res) == {"finetune": "C0", "replay_kd": "C1", "wa": "C2"}
+    res = [{"arm": "finetune"}, {"arm": "replay_kd"}, {"arm": "wa"}, {"arm": "finetune"}]
+    assert figures.arm_colors(res) == {"finetune": "C0", "replay_kd": "C1", "wa": "C2"}

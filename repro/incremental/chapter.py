@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from ..metrics import mean_std_text
-from ..plots.incremental import accuracy_curves, accuracy_matrix_heatmap
+from ..families.incremental.figures import accuracy_curves, accuracy_matrix_heatmap
 from ..plots.style import annotate_setting, jsonable, new_figure
-from .learners import IncrementalConfig, Learner, run_stream
-from .stream import Stream, make_stream
+from ..families.incremental.learners import IncrementalConfig, Learner, run_stream
+from ..families.incremental.stream import Stream, make_stream
 
 Factory = Callable[[IncrementalConfig], Learner]
 SUMMARY_KEYS = ("aia", "last", "forgetting", "old_last", "new_last")
@@ -34,21 +34,10 @@ def protocol_stream(run) -> Stream:
 
 
 def protocol_config(run, **overrides: Any) -> IncrementalConfig:
-    """An IncrementalConfig from the run's parameters: the protocol's memory and whatever
-    schedule parameters the chapter defines (arch, epochs, epochs_first, lr, weight_decay,
-    schedule, milestones, batch_size, kd_temperature, kd_weight); ``overrides`` win."""
-    p = run.params
-    names = ("arch", "epochs", "epochs_first", "lr", "weight_decay", "schedule", "milestones", "batch_size",
-             "memory", "memory_mode", "kd_temperature", "kd_weight")
-    kw: dict[str, Any] = {k: p[k] for k in names if k in p}
-    if "epochs_first" in kw and not kw["epochs_first"]:
-        kw["epochs_first"] = None  # 0 in a notebook parameter means "same as the other tasks"
-    if "milestones" in kw:
-        kw["milestones"] = tuple(kw["milestones"])
-    if "arch_width" in p and p["arch_width"]:
-        kw["arch_kwargs"] = {"width": p["arch_width"]}
-    kw.update(overrides)
-    return IncrementalConfig(**kw)
+    """An IncrementalConfig from the run's parameters (fields of the same names); ``overrides`` win."""
+    from ..arms import make_config
+
+    return make_config(IncrementalConfig, run.params, **overrides)
 
 
 def check_labels(learners: Mapping[str, Factory]) -> None:
@@ -79,7 +68,9 @@ def run_learners(run, stream: Stream, learners: Mapping[str, Factory], cfg: Incr
             t0 = time.time()
             res = run_stream(stream, learner, seed, run.device, checkpoint_dir=run.checkpoint_dir(label, seed),
                              progress=progress)
-            row = {"method": label, "seed": seed, "order_seed": stream.order_seed, **res.to_json(), "train_s": res.train_s,
+            row = {"method": label, "seed": seed, "order_seed": stream.order_seed, "learner": res.learner, **res.extra(),
+                   "summary": {**res.summary(), "train_s": res.train_s}, "histories": res.histories,
+                   "train_s": res.train_s,
                    "wall_s": time.time() - t0}
             if keep_models:
                 row["model"], row["learner_obj"] = res.model, learner

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data import Dataset, class_order, incremental_tasks
-from ..data.loader import TensorLoader
+from ...data import Dataset, class_order, incremental_tasks
+from ...data.loader import TensorLoader
 
 _SCENARIO = re.compile(r"^B(\d+)-Inc(\d+)$")
 
@@ -40,6 +40,19 @@ def check_tasks(tasks: Sequence[Sequence[int]], num_classes: int) -> None:
         extra = sorted(set(seen) - set(range(num_classes)))
         raise ValueError(f"the tasks must cover the {num_classes} classes exactly once "
                          f"(repeated {dup}, missing {missing}, unknown {extra})")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """The protocol's stream parameters (defaults: the paper tier, CIFAR-100 B0-Inc10)."""
+
+    classes: int = 100
+    scenario: str = "B0-Inc10"
+    order_seed: int = 1993
+    per_class: int = 0               # training images per class (0: all 500)
+    test_per_class: int = 0          # test images per class (0: all 100)
+    image_size: int = 32
+    data_seed: int = 0
 
 
 @dataclass
@@ -121,7 +134,7 @@ def make_stream(classes: int = 100, scenario: str = "B0-Inc10", order_seed: int 
     if run is not None:
         data = run.data(**kw)
     else:
-        from ..data import load
+        from ...data import load
 
         data = load(root=root, **kw)
     return Stream(data=data, order=order, tasks=tasks, scenario=scenario, order_seed=order_seed)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..train import WORK, dry_run
+from ...train import WORK, dry_run
 
 MODES = ("herding", "random", "none")
 
@@ -45,7 +45,7 @@ def extract_features(model: nn.Module, images: torch.Tensor, device: torch.devic
     A dry run (``REPRO_DRY_RUN``) runs the model on the first batch only and repeats its rows
     to fill all N: the shapes, and what comes after (herding, class means), stay as in a real run.
     """
-    from ..data.loader import TensorLoader
+    from ...data.loader import TensorLoader
 
     was = model.training
     model.eval()

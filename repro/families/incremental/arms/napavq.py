@@ -1,5 +1,8 @@
 """NAPA-VQ (Malepathirana et al., ICCV 2023) and its PASS-style baseline: exemplar-free
-class-incremental learning with class prototypes, on the family's incremental loop.
+class-incremental learning with class prototypes, on the family's incremental loop (chapter
+07). Arms ``pass`` and ``napavq`` (config :class:`NapaConfig`) and ``necil_finetune``
+(fine-tuning with the same optimiser and schedule, config :class:`NecilConfig`); the networks
+are in ``repro.layers.coding_vectors``, the losses in ``repro.losses.incremental``.
 
 Both learners see only the current task's images (no exemplar memory) and keep, per old
 class, one *prototype*: the mean feature of its training images under the model at the end
@@ -24,7 +27,7 @@ self-supervised label augmentation); only the rotation-0 classes are predicted a
   L2-normalising features and CVs.
 
 The ablations switch off the NA loss (``na=False``) or replace the neighbour interpolation
-by PASS's Gaussian noise (``augment="gaussian"``) in the NAPA-VQ learner.
+by PASS's Gaussian noise (``augment="gaussian"``) in the NAPA-VQ learner's config.
 
 The trainer has one optimiser for all parameters. The official code moves the CVs with SGD
 at lr 5 and the backbone with Adam at lr 1e-3; here every parameter uses AdamW, and the CVs
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,14 +46,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import models
-from ..incremental.chapter import protocol_config
-from ..incremental.learners import FineTune, IncrementalConfig, Learner
-from ..incremental.memory import extract_features
-from ..incremental.stream import Stream
-from ..metrics import mean_std_text
-from ..plots.style import annotate_setting, jsonable, new_figure
-from ..train import TrainConfig
+from .... import models
+from ....arms import arm
+from ....layers.coding_vectors import CVNet, RotationNet
+from ....losses.incremental import feature_kd, na_loss
+from ....train import TrainConfig
+from ..learners import IncrementalConfig, Learner, StreamResult
+from ..memory import extract_features
+from ..stream import Stream
+from .baselines import FAMILY, FineTune
 
 AUGMENTS = ("neighbour", "gaussian")
 ABLATIONS = {"no_na": "NAPA-VQ without the NA loss", "gaussian_pa": "NAPA-VQ with PASS's Gaussian prototype augmentation"}
@@ -81,13 +85,14 @@ class NecilConfig(IncrementalConfig):
         return cfg
 
 
-@dataclass(frozen=True)
-class NapaParams:
-    """The method's hyper-parameters (the official code's values are the defaults)."""
+@dataclass
+class NapaConfig(NecilConfig):
+    """The exemplar-free schedule plus the prototype learners' hyper-parameters (the official
+    code's values are the defaults; ``kd_weight`` weighs the feature distillation)."""
 
+    kd_weight: float = 10.0     # weight of ‖f(x) − f_old(x)‖₂
     rotations: int = 4          # label augmentation by 90° rotations (1: none)
     temperature: float = 0.1    # T of every CE on logits (linear or −distance)
-    kd_weight: float = 10.0     # weight of ‖f(x) − f_old(x)‖₂
     proto_weight: float = 10.0  # weight of the CE on the old classes' pseudo-features
     cv_lr_mult: float = 100.0   # CVs = m·θ: they move m times faster than the backbone under Adam
     na_k: int = 15              # a winning CV gets edges to its k nearest CVs
@@ -97,6 +102,7 @@ class NapaParams:
     augment: str = "neighbour"  # neighbour (NA-PA) or gaussian (PASS's noise)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not isinstance(self.rotations, int) or not 1 <= self.rotations <= 4:
             raise ValueError(f"rotations must be an integer in 1..4 (multiples of 90°), not {self.rotations!r}")
         if not self.temperature > 0:
@@ -128,11 +134,6 @@ def rotate_batch(x: torch.Tensor, y: torch.Tensor, rotations: int) -> tuple[torc
     xr = torch.stack([torch.rot90(x, k, (2, 3)) for k in range(rotations)], 1).flatten(0, 1)
     yr = (y[:, None] * rotations + torch.arange(rotations, device=y.device)).flatten()
     return xr, yr
-
-
-def feature_kd(f: torch.Tensor, f_old: torch.Tensor) -> torch.Tensor:
-    """‖f − f_old‖₂ over the whole batch (Frobenius norm, not a mean: the official term)."""
-    return torch.linalg.vector_norm((f - f_old).float())
 
 
 def pass_radius(features: torch.Tensor, labels: torch.Tensor) -> float:
@@ -176,22 +177,6 @@ def update_edges(edges: torch.Tensor, z: torch.Tensor, cvs: torch.Tensor, k: int
     return E
 
 
-def na_loss(z: torch.Tensor, labels: torch.Tensor, cvs: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """The neighbourhood-aware loss: mean over the batch of
-    ``relu(d²(z, cv_y) − Σ_j w_j d²(z, cv_j))`` over the neighbours j of CV y (edge > 0, y
-    itself excluded), with ``w = softmax_j(−0.001·d²)`` held constant. A CV without
-    neighbours leaves ``relu(d²(z, cv_y))`` (the official code's behaviour)."""
-    d2 = torch.cdist(z.float(), cvs.float()) ** 2                     # [B, M]
-    M = cvs.shape[0]
-    d_pos = d2.gather(1, labels[:, None]).squeeze(1)
-    nb = edges[labels][:, :M] > 0
-    nb[torch.arange(len(labels), device=nb.device), labels] = False
-    with torch.no_grad():
-        logits = torch.where(nb, -0.001 * d2, torch.full_like(d2, -math.inf))
-        w = torch.softmax(logits, dim=1).nan_to_num(0.0)              # all-−inf rows → 0
-    return F.relu(d_pos - (w * d2).sum(1)).mean()
-
-
 def neighbour_interpolation(rows: torch.Tensor, edges: torch.Tensor, protos: torch.Tensor,
                             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """NA-PA pseudo-features: for each CV index in ``rows`` pick one of its neighbours
@@ -204,76 +189,6 @@ def neighbour_interpolation(rows: torch.Tensor, edges: torch.Tensor, protos: tor
     nb = torch.multinomial(mask, 1, generator=generator).squeeze(1)
     gamma = 0.5 + 0.5 * torch.rand(len(rows), 1, device=protos.device, generator=generator)
     return gamma * protos[rows] + (1 - gamma) * protos[nb], nb
-
-
-# --------------------------------------------------------------------------- networks
-class CodingVectors(nn.Module):
-    """Learnable coding vectors ``cv = m·θ`` (one per (class, rotation)), the first
-    ``n_frozen`` of which are replaced by a frozen copy, and the Neural-Gas edge matrix."""
-
-    def __init__(self, num_cvs: int, dim: int, lr_mult: float = 1.0) -> None:
-        super().__init__()
-        self.lr_mult = float(lr_mult)
-        # cv ~ N(0, I) as in the official code, whatever the multiplier
-        self.theta = nn.Parameter(torch.randn(num_cvs, dim) / self.lr_mult)
-        self.register_buffer("frozen", torch.zeros(num_cvs, dim))
-        self.register_buffer("n_frozen", torch.zeros((), dtype=torch.long))
-        self.register_buffer("edges", torch.eye(num_cvs))
-
-    def vectors(self) -> torch.Tensor:
-        """All CVs [num_cvs, dim]: frozen rows first, then the live ones."""
-        n = int(self.n_frozen)
-        live = self.theta * self.lr_mult
-        return torch.cat([self.frozen[:n], live[n:]]) if n else live
-
-    @torch.no_grad()
-    def freeze(self, n: int) -> None:
-        """Freeze the first ``n`` CVs at their current values (rows already frozen stay as they
-        were: weight decay may since have moved their unused parameters)."""
-        old = int(self.n_frozen)
-        if n < old:
-            raise ValueError(f"{old} CVs are frozen already; cannot freeze only {n}")
-        self.frozen[old:n] = self.theta[old:n] * self.lr_mult
-        self.n_frozen.fill_(n)
-
-
-class CVNet(nn.Module):
-    """A backbone's features and a coding-vector classifier over (class, rotation)."""
-
-    def __init__(self, backbone: nn.Module, num_classes: int, rotations: int, lr_mult: float) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.backbone.head = nn.Identity()  # its linear head is not used
-        self.rotations = rotations
-        self.num_classes = num_classes
-        self.cv = CodingVectors(num_classes * rotations, backbone.num_features, lr_mult)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.features(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class scores: minus the distance between the L2-normalised feature and rotation-0 CVs."""
-        z = F.normalize(self.features(x).float(), dim=1)
-        cv0 = F.normalize(self.cv.vectors()[:: self.rotations].float(), dim=1)
-        return -torch.cdist(z, cv0)  # argmax = nearest_cv(features, rotation-0 CVs)
-
-
-class RotationNet(nn.Module):
-    """A backbone whose linear head has R·C outputs; ``forward`` returns the rotation-0 ones."""
-
-    def __init__(self, backbone: nn.Module, rotations: int) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.rotations = rotations
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.features(x)
-
-    def all_logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.backbone.head(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.all_logits(self.features(x))[:, :: self.rotations]
 
 
 @torch.no_grad()
@@ -301,11 +216,13 @@ class _PrototypeLearner(Learner):
 
     uses_old_model = True
 
-    def __init__(self, cfg: IncrementalConfig, hp: NapaParams | None = None) -> None:
+    def __init__(self, cfg: NapaConfig) -> None:
+        if not isinstance(cfg, NapaConfig):
+            raise TypeError(f"{type(self).__name__} needs a NapaConfig, not {type(cfg).__name__}")
         if cfg.memory != 0:
             raise ValueError(f"{type(self).__name__} is exemplar-free: its config needs memory=0, not {cfg.memory}")
         super().__init__(cfg)
-        self.hp = hp or NapaParams()
+        self.hp = cfg
         self.protos: torch.Tensor | None = None   # [C·R, D] rows filled once computed
         self.has_proto: torch.Tensor | None = None
         self.radius: float | None = None
@@ -335,6 +252,7 @@ class _PrototypeLearner(Learner):
         self.protos, self.has_proto, self.radius = state["protos"], state["has_proto"], state["radius"]
 
 
+@arm("pass", family=FAMILY, config=NapaConfig)
 class PassLearner(_PrototypeLearner):
     """PASS-style: linear head over (class, rotation), Gaussian prototype augmentation, feature KD."""
 
@@ -371,6 +289,7 @@ class PassLearner(_PrototypeLearner):
         return {"radius": self.radius}
 
 
+@arm("napavq", family=FAMILY, config=NapaConfig)
 class NapaVQ(_PrototypeLearner):
     """NAPA-VQ: coding-vector classifier, Neural-Gas edges, NA loss, neighbour-aware prototype
     augmentation, feature KD, frozen old CVs."""
@@ -432,6 +351,10 @@ class NapaVQ(_PrototypeLearner):
         return {**graph_stats(model.cv.edges, stream.seen(t), R),
                 "acc_euclidean": euclidean_accuracy(model, stream, t, device)}
 
+    def metrics(self, result: StreamResult) -> dict[str, float]:
+        """AIA and last accuracy under the plain Euclidean readout (a diagnostic)."""
+        return euclidean_metrics(result.extras)
+
 
 def nearest_cv(z: torch.Tensor, cvs: torch.Tensor, normalise: bool = True) -> torch.Tensor:
     """Index of the nearest CV of each feature, after L2-normalising both (the official
@@ -470,186 +393,38 @@ def class_graph(edges: torch.Tensor, seen: int, rotations: int) -> torch.Tensor:
     return E
 
 
-# --------------------------------------------------------------------------- chapter helpers
-def necil_config(run, **overrides: Any) -> NecilConfig:
-    """The protocol's schedule with no exemplar memory, AdamW and the later tasks' lr factor."""
-    base = asdict(protocol_config(run, memory=0))
-    p = run.params
-    base.update(optimizer=p.get("optimizer", "adamw"), lr_later_factor=p.get("lr_later_factor", 0.1), **overrides)
-    base["milestones"] = tuple(base["milestones"])
-    return NecilConfig(**base)
+def euclidean_metrics(extras: list[dict[str, Any]]) -> dict[str, float]:
+    """``aia_euclidean`` and ``last_euclidean`` from the per-task extras of a NAPA-VQ stream
+    ({} unless every task recorded its Euclidean readout)."""
+    acc = [e["acc_euclidean"] for e in extras if "acc_euclidean" in e]
+    if not acc or len(acc) != len(extras):
+        return {}
+    return {"aia_euclidean": float(np.mean(acc)), "last_euclidean": acc[-1]}
 
 
-def napa_params(run, **overrides: Any) -> NapaParams:
-    """NapaParams from the run's parameters of the same names; ``overrides`` win."""
-    names = {f.name for f in fields(NapaParams)}
-    kw = {k: run.params[k] for k in names if k in run.params}
-    kw.update(overrides)
-    return NapaParams(**kw)
+@arm("necil_finetune", family=FAMILY, config=NecilConfig)
+class NecilFineTune(FineTune):
+    """Fine-tuning with the exemplar-free chapters' optimiser and later-task learning rate."""
 
 
 def ablation_overrides(name: str) -> dict[str, Any]:
-    """The NapaParams change of one named ablation."""
+    """The NapaConfig change of one named ablation."""
     table = {"no_na": {"na": False}, "gaussian_pa": {"augment": "gaussian"}}
     if name not in table:
         raise ValueError(f"unknown ablation {name!r}: choose from {sorted(table)}")
     return table[name]
 
 
-def chapter_learners(run, ablations: Sequence[str] = ()) -> dict[str, Any]:
-    """label → factory: finetune, pass, napavq and the named ablations (labels
-    ``napavq_no_na``, ``napavq_gaussian_pa``). Every hyper-parameter is checked here, before
-    any training."""
-    hp = napa_params(run)
-    out: dict[str, Any] = {"finetune": FineTune,
-                           "pass": lambda cfg: PassLearner(cfg, hp),
-                           "napavq": lambda cfg: NapaVQ(cfg, hp)}
+def chapter_plan(ablations: Sequence[str] = ()) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The chapter's labelled arms (label → (arm, config overrides)), all exemplar-free:
+    finetune, pass, napavq and the named ablations (labels ``napavq_no_na``,
+    ``napavq_gaussian_pa``)."""
+    plan: dict[str, tuple[str, dict[str, Any]]] = {"finetune": ("necil_finetune", {"memory": 0}),
+                                                   "pass": ("pass", {"memory": 0}),
+                                                   "napavq": ("napavq", {"memory": 0})}
     for name in ablations:
-        hp_a = NapaParams(**{**asdict(hp), **ablation_overrides(name)})
-        out[f"napavq_{name}"] = _named(f"napavq_{name}", hp_a)
-    return out
-
-
-def _named(label: str, hp: NapaParams):
-    """A NapaVQ factory whose learner carries ``label`` as its name (progress bars, records)."""
-    def factory(cfg: IncrementalConfig) -> NapaVQ:
-        learner = NapaVQ(cfg, hp)
-        learner.name = label
-        return learner
-    return factory
-
-
-def log_claim_metrics(run, results: list[dict[str, Any]]) -> None:
-    """Per seed, paired: NAPA-VQ's AIA and last-accuracy gains over PASS, PASS's forgetting
-    minus NAPA-VQ's, and the ablations' gaps to full NAPA-VQ (unjudged)."""
-    by = {(r["method"], r["seed"]): r["summary"] for r in results}
-    for (m, s), summ in by.items():
-        if m != "napavq" or ("pass", s) not in by:
-            continue
-        ps = by[("pass", s)]
-        run.log(s, aia_napavq_minus_pass=summ["aia"] - ps["aia"],
-                last_napavq_minus_pass=summ["last"] - ps["last"],
-                forgetting_pass_minus_napavq=ps["forgetting"] - summ["forgetting"])
-        if ("finetune", s) in by:
-            run.log(s, aia_pass_minus_finetune=ps["aia"] - by[("finetune", s)]["aia"])
-        for (m2, s2), a in by.items():
-            if s2 == s and m2.startswith("napavq_"):
-                run.log(s, **{f"aia_napavq_minus_{m2}": summ["aia"] - a["aia"]})
-    for r in results:  # NAPA-VQ read out by plain Euclidean distance (diagnostic)
-        acc = [e["acc_euclidean"] for e in r.get("extras", []) if "acc_euclidean" in e]
-        if acc and len(acc) == len(r["extras"]):
-            run.log(r["seed"], **{f"aia_{r['method']}_euclidean": float(np.mean(acc)),
-                                  f"last_{r['method']}_euclidean": acc[-1]})
-
-
-def inference_markdown(results: list[dict[str, Any]], labels: Sequence[str]) -> str:
-    """AIA and last accuracy of the NAPA-VQ learners under the official inference (nearest
-    normalised CV) and under plain Euclidean distance, mean ± std over seeds."""
-    ms = mean_std_text
-    lines = ["| learner | AIA %, normalised (official) | AIA %, Euclidean | last %, normalised | last %, Euclidean |",
-             "| --- | --- | --- | --- | --- |"]
-    for label in labels:
-        runs = [r for r in results if r["method"] == label and r["extras"] and "acc_euclidean" in r["extras"][0]]
-        if not runs:
-            continue
-        eu = [[e["acc_euclidean"] for e in r["extras"]] for r in runs]
-        lines.append(f"| {label} | {ms([r['summary']['aia'] for r in runs])} | {ms([np.mean(a) for a in eu])} "
-                     f"| {ms([r['summary']['last'] for r in runs])} | {ms([a[-1] for a in eu])} |")
-    return "\n".join(lines)
-
-
-def graph_markdown(results: list[dict[str, Any]], labels: Sequence[str]) -> str:
-    """Edges and mean degree of the class graph after each task (mean over seeds)."""
-    lines = []
-    for label in labels:
-        runs = [r for r in results if r["method"] == label]
-        if not runs or "graph_edges" not in runs[0]["extras"][0]:
-            continue
-        T = len(runs[0]["extras"])
-        deg = [np.mean([r["extras"][t]["graph_mean_degree"] for r in runs]) for t in range(T)]
-        lines.append(f"| {label} | " + " | ".join(f"{d:.1f}" for d in deg) + " |")
-    if not lines:
-        return ""
-    T = len(next(r for r in results if r["method"] in labels)["extras"])
-    head = "| learner | " + " | ".join(f"after task {t + 1}" for t in range(T)) + " |"
-    return "\n".join([head, "| --- |" + " --- |" * T] + lines)
-
-
-@torch.no_grad()
-def pca_2d(x: torch.Tensor, fit_on: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Project rows of ``x`` on the two leading principal axes of ``fit_on`` (default ``x``);
-    returns (projection [N, 2], mean, axes [D, 2])."""
-    ref = (x if fit_on is None else fit_on).double()
-    mu = ref.mean(0)
-    _, _, Vh = torch.linalg.svd(ref - mu, full_matrices=False)
-    axes = Vh[:2].T
-    return ((x.double() - mu) @ axes).float(), mu, axes
-
-
-@torch.no_grad()
-def plot_neighbourhood(model: CVNet, stream: Stream, setting: str, max_classes: int = 20,
-                       per_class: int = 30, device: torch.device | str = "cpu",
-                       title: str = "What NAPA-VQ learns: features, coding vectors and their neighbour graph"):
-    """Left: a 2-D PCA of L2-normalised test features (dots) of the first ``max_classes``
-    classes and their rotation-0 CVs (stars), with the CV graph's edges between them (line
-    width ∝ edge strength). Right: the class graph (edges between rotation-0 CVs) of every
-    class, ordered by task."""
-    R = model.rotations
-    C = stream.num_classes
-    shown = min(max_classes, C)
-    idx = stream.test_indices(range(stream.num_tasks))
-    y = stream.data.y_test[idx]
-    keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in range(shown)])
-    feats = F.normalize(extract_features(model, stream.data.x_test[idx[keep]], device), dim=1)
-    ys = y[keep]
-    cv0 = F.normalize(model.cv.vectors().detach().float().cpu()[::R][:shown], dim=1)
-    P, mu, axes = pca_2d(torch.cat([feats, cv0]), fit_on=feats)
-    pf, pc = P[: len(feats)], P[len(feats):]
-    E_all = class_graph(model.cv.edges, C, R)
-    E = E_all[:shown, :shown]
-    fig, (ax, ax2) = new_figure(ncols=2, width=10.0, height=4.4)
-    tab20 = __import__("matplotlib").colormaps["tab20"]
-    # tab20 comes in light/dark pairs: take the ten dark ones first so neighbours differ
-    cmap = lambda c: tab20([*range(0, 20, 2), *range(1, 20, 2)][c % 20])
-    for c in range(shown):
-        m = ys == c
-        ax.scatter(pf[m, 0], pf[m, 1], s=6, color=cmap(c % 20), alpha=0.45, linewidths=0)
-    for i in range(shown):
-        for j in range(i + 1, shown):
-            if E[i, j] > 0:
-                ax.plot(pc[[i, j], 0], pc[[i, j], 1], color="0.25", lw=0.4 + 1.6 * float(E[i, j]), alpha=0.7, zorder=2)
-    ax.scatter(pc[:, 0], pc[:, 1], marker="*", s=110, c=[cmap(c % 20) for c in range(shown)], edgecolors="black",
-               linewidths=0.6, zorder=3)
-    for c in range(shown):
-        ax.annotate(str(c), pc[c].tolist(), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
-    ax.set_title(f"classes 0–{shown - 1}: test features (dots), CVs (★), edges", fontsize=9)
-    im = ax2.imshow(E_all.numpy(), cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
-    bounds = np.cumsum([len(t) for t in stream.tasks])[:-1] - 0.5
-    for b in bounds:
-        ax2.axhline(b, color="tab:red", lw=0.5)
-        ax2.axvline(b, color="tab:red", lw=0.5)
-    ax2.grid(False)
-    ax2.set_xlabel("class (label, in task order)")
-    ax2.set_ylabel("class")
-    ax2.set_title("edge strength between rotation-0 CVs (red: task boundaries)", fontsize=9)
-    fig.colorbar(im, ax=ax2, shrink=0.8, label="edge strength")
-    fig.suptitle(title)
-    annotate_setting(fig, setting)
-    deg = (E_all > 0).sum(1).float()
-    same_task = [(stream.task_of(i) == stream.task_of(j)) for i in range(C) for j in range(C) if i < j and E_all[i, j] > 0]
-    data = {"class_graph": E_all, "pca_cvs": pc, "pca_features_mean": pf.mean(0), "shown_classes": shown,
-            "mean_degree": float(deg.mean()), "edges": int((E_all > 0).sum()) // 2,
-            "fraction_edges_within_task": float(np.mean(same_task)) if same_task else float("nan"),
-            "setting": setting}
-    return fig, jsonable(data)
-
-
-def record_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The results for the record, without models or per-epoch histories."""
-    drop = {"model", "learner_obj", "histories"}
-    return [{k: v for k, v in r.items() if k not in drop} for r in results]
+        plan[f"napavq_{name}"] = ("napavq", {"memory": 0, **ablation_overrides(name)})
+    return plan
 
 
 def describe_learners(labels: Sequence[str]) -> str:
@@ -659,9 +434,3 @@ def describe_learners(labels: Sequence[str]) -> str:
             "napavq": "NAPA-VQ: coding vectors, NA loss, neighbour-aware prototype augmentation, feature KD"}
     text.update({f"napavq_{k}": v for k, v in ABLATIONS.items()})
     return "\n".join(f"  {label:<20} {text.get(label, '')}" for label in labels)
-
-
-__all__ = ["ABLATIONS", "CVNet", "CodingVectors", "NapaParams", "NapaVQ", "NecilConfig", "PassLearner",
-           "RotationNet", "chapter_learners", "class_graph", "feature_kd", "graph_stats", "log_claim_metrics",
-           "inference_markdown", "na_loss", "napa_params", "nearest_cv", "necil_config", "neighbour_interpolation", "pass_radius", "pca_2d",
-           "plot_neighbourhood", "rotate_batch", "update_edges"]

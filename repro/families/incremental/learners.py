@@ -1,4 +1,5 @@
-"""The class-incremental loop and the shared baselines.
+"""The class-incremental loop: the config every learner starts from, the Learner base class and
+``run_stream``.
 
 ``run_stream(stream, learner, seed)`` trains task after task and fills the accuracy matrix.
 The network keeps one head over *all* the stream's classes; while task t trains, and when
@@ -11,38 +12,40 @@ the model for the next task's distillation. Each task is checkpointed by ``fit``
 state after each task (model, previous model, memory, matrix) is saved, so an interrupted
 stream resumes at the task it was in.
 
-Baselines, shared by every chapter: ``FineTune`` (new data only), ``Replay`` (new data +
-exemplars), ``ReplayKD`` (+ distillation of the old classes' logits from the previous model,
-as in iCaRL/WA's base learner), ``Joint`` (all data seen so far: the upper bound).
+A learner is a :class:`Learner` subclass registered as an arm (``repro.arms.arm``) with an
+:class:`IncrementalConfig` subclass for its settings; the shared baselines (fine-tuning,
+replay, replay + KD, joint training) are in ``arms/baselines.py``.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .. import models
-from ..losses.distillation import check_temperature
-from ..io import save_torch
-from ..train import TrainConfig, dry_run, fit, predict
-from .memory import ExemplarMemory, extract_features
+from ... import models
+from ...io import save_torch
+from ...losses.distillation import check_temperature
+from ...losses.incremental import masked_ce
+from ...train import TrainConfig, dry_run, fit, predict
+from .memory import MODES, ExemplarMemory, extract_features
 from .metrics import AccuracyMatrix
 from .stream import Stream
 
 
 @dataclass
 class IncrementalConfig:
-    """Schedule and memory of one incremental run (the same for every task unless noted)."""
+    """Network, schedule and memory of one incremental run (the same for every task unless
+    noted). Built from a chapter's parameters with ``repro.arms.make_config``: a field takes
+    the parameter of the same name."""
 
     arch: str = "resnet32"
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    arch_width: int = 0               # width of cnn3-style models (0: the architecture's own)
     epochs: int = 170
-    epochs_first: int | None = None   # the first task's epochs (None: same as the others)
+    epochs_first: int = 0             # the first task's epochs (0: same as the others)
     lr: float = 0.1
     weight_decay: float = 5e-4
     schedule: str = "cosine"
@@ -56,30 +59,34 @@ class IncrementalConfig:
     def __post_init__(self) -> None:
         if self.memory < 0:
             raise ValueError(f"memory budget must be ≥ 0, not {self.memory}")
+        if self.memory_mode not in MODES:
+            raise ValueError(f"memory_mode must be one of {MODES}, not {self.memory_mode!r}")
         check_temperature("kd_temperature", self.kd_temperature)
-        if self.epochs < 0 or (self.epochs_first is not None and self.epochs_first < 0):
+        if self.epochs < 0 or self.epochs_first < 0:
             raise ValueError("epochs must be ≥ 0")
+        if self.arch_width < 0:
+            raise ValueError(f"arch_width must be ≥ 0, not {self.arch_width}")
+        self.milestones = tuple(self.milestones)
+
+    @property
+    def arch_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``repro.models.create`` beyond the class count."""
+        return {"width": self.arch_width} if self.arch_width else {}
 
     def train_config(self, t: int, desc: str = "") -> TrainConfig:
-        ep = self.epochs_first if (t == 0 and self.epochs_first is not None) else self.epochs
+        ep = self.epochs_first if (t == 0 and self.epochs_first) else self.epochs
         return TrainConfig(epochs=ep, lr=self.lr, weight_decay=self.weight_decay, schedule=self.schedule,
                            milestones=tuple(self.milestones), desc=desc)
 
 
-def masked_ce(logits: torch.Tensor, y: torch.Tensor, seen: int) -> torch.Tensor:
-    """Cross-entropy over the first ``seen`` classes only."""
-    return F.cross_entropy(logits[:, :seen], y)
-
-
-def kd_old_classes(logits: torch.Tensor, old_logits: torch.Tensor, old: int, temperature: float) -> torch.Tensor:
-    """Soft cross-entropy between the previous and the current model on the ``old`` classes, at T
-    (iCaRL/PyCIL's KD term; equals KL plus the old model's entropy, a constant)."""
-    p_old = F.softmax(old_logits[:, :old] / temperature, dim=1)
-    return -(p_old * F.log_softmax(logits[:, :old] / temperature, dim=1)).sum(1).mean()
-
-
 class Learner:
-    """Fine-tuning: each task trains on its own data with CE over the classes seen so far."""
+    """Fine-tuning: each task trains on its own data with CE over the classes seen so far.
+
+    What a subclass may change: ``build`` (the network), ``loss_fn`` (task t's loss),
+    ``post_train`` (after task t's training, before its evaluation; returns that task's extras),
+    ``metrics`` (scalars read from a finished stream, beyond the accuracy matrix's), the flags
+    below, and ``state_dict``/``load_state_dict`` for whatever it keeps between tasks.
+    """
 
     name = "finetune"
     uses_memory = False
@@ -89,6 +96,11 @@ class Learner:
     def __init__(self, cfg: IncrementalConfig) -> None:
         self.cfg = cfg
         self.old_model: nn.Module | None = None
+        self.stream: Stream | None = None
+
+    def setup(self, stream: Stream) -> None:
+        """Called once by ``run_stream`` before anything is built: the stream to learn."""
+        self.stream = stream
 
     def build(self, num_classes: int) -> nn.Module:
         return models.create(self.cfg.arch, num_classes=num_classes, **self.cfg.arch_kwargs)
@@ -103,53 +115,15 @@ class Learner:
         """Called after task t's training, before its evaluation; returns facts to keep."""
         return {}
 
+    def metrics(self, result: "StreamResult") -> dict[str, float]:
+        """Scalars of a finished stream beyond the accuracy matrix's (e.g. read from extras)."""
+        return {}
+
     def state_dict(self) -> dict:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
         pass
-
-
-class FineTune(Learner):
-    pass
-
-
-class Replay(Learner):
-    """New data plus the exemplar memory, CE over the seen classes."""
-
-    name = "replay"
-    uses_memory = True
-
-
-class ReplayKD(Replay):
-    """Replay + distillation of the old classes' logits from the frozen previous model."""
-
-    name = "replay_kd"
-    uses_old_model = True
-
-    def loss_fn(self, t: int, seen: int, seen_before: int):
-        old_model, T, w = self.old_model, self.cfg.kd_temperature, self.cfg.kd_weight
-
-        def fn(model, x, y):
-            logits = model(x)
-            loss = masked_ce(logits, y, seen)
-            if old_model is not None and seen_before > 0:
-                with torch.no_grad():
-                    old = old_model(x)
-                loss = loss + w * kd_old_classes(logits, old, seen_before, T)
-            return loss, logits[:, :seen]
-        return fn
-
-
-class Joint(Learner):
-    """All training data of the tasks seen so far (no forgetting pressure): the upper bound."""
-
-    name = "joint"
-    sees_all_data = True
-
-
-BASELINES: dict[str, type[Learner]] = {"finetune": FineTune, "replay": Replay, "replay_kd": ReplayKD,
-                                       "joint": Joint}
 
 
 @dataclass
@@ -164,15 +138,17 @@ class StreamResult:
     memory_sizes: list[int]
     extras: list[dict[str, Any]]
     model: nn.Module | None = None
+    train_images: int = 0
 
     def summary(self) -> dict[str, float]:
-        return {**self.matrix.summary(), "train_s": self.train_s}
+        """AIA, last, forgetting and the final old/new split (``AccuracyMatrix.summary``)."""
+        return self.matrix.summary()
 
-    def to_json(self) -> dict[str, Any]:
-        return {"learner": self.learner, "seed": self.seed, "A": self.matrix.rows,
-                "task_sizes": list(self.matrix.task_sizes), "acc_after": self.matrix.acc_after(),
-                "summary": self.summary(), "memory_sizes": self.memory_sizes, "extras": self.extras,
-                "histories": self.histories}
+    def extra(self) -> dict[str, Any]:
+        """What a sweep job keeps beside its metrics: the matrix, the accuracy after each task,
+        the memory sizes and the per-task extras (no model, no per-epoch histories)."""
+        return {"A": self.matrix.rows, "task_sizes": list(self.matrix.task_sizes),
+                "acc_after": self.matrix.acc_after(), "memory_sizes": self.memory_sizes, "extras": self.extras}
 
 
 @torch.no_grad()
@@ -180,7 +156,11 @@ def evaluate_row(model: nn.Module, stream: Stream, t: int, device: torch.device 
     """A[t, j] for j ≤ t: accuracy (%) per task, predicting over the classes seen after task t."""
     seen = stream.seen(t)
     logits, y = predict(model, stream.test_loader(range(t + 1), device=device))
-    pred = logits[:, :seen].argmax(1)
+    return matrix_row(logits[:, :seen].argmax(1), y, stream, t)
+
+
+def matrix_row(pred: torch.Tensor, y: torch.Tensor, stream: Stream, t: int) -> list[float]:
+    """A[t, j] for j ≤ t from predictions ``pred`` of the test images with labels ``y``."""
     row = []
     for j in range(t + 1):
         mask = torch.isin(y, torch.tensor(stream.tasks[j]))
@@ -189,10 +169,16 @@ def evaluate_row(model: nn.Module, stream: Stream, t: int, device: torch.device 
 
 
 def run_stream(stream: Stream, learner: Learner, seed: int, device: torch.device | str = "cpu",
-               checkpoint_dir: str | Path | None = None, progress: bool = True) -> StreamResult:
-    """Train ``learner`` over every task of ``stream`` and return its accuracy matrix."""
+               checkpoint_dir: str | Path | None = None, progress: bool = True,
+               label: str | None = None) -> StreamResult:
+    """Train ``learner`` over every task of ``stream`` and return its accuracy matrix.
+
+    ``label``: the learner's name in progress bars and in the result (default ``learner.name``).
+    """
+    label = label or learner.name
     device = torch.device(device)
     ckpt = Path(checkpoint_dir) if checkpoint_dir and not dry_run() else None
+    learner.setup(stream)
     torch.manual_seed(seed)
     model = learner.build(stream.num_classes).to(device)
     memory = ExemplarMemory(learner.cfg.memory if learner.uses_memory else 0,
@@ -201,7 +187,7 @@ def run_stream(stream: Stream, learner: Learner, seed: int, device: torch.device
     histories: list[list[dict]] = []
     extras: list[dict] = []
     memory_sizes: list[int] = []
-    train_s, start = 0.0, 0
+    train_s, train_images, start = 0.0, 0, 0
     if ckpt is not None:  # resume after the last finished task
         done = sorted(ckpt.glob("after_task*.pt"), key=lambda p: int(p.stem.removeprefix("after_task")))
         if done:
@@ -215,6 +201,7 @@ def run_stream(stream: Stream, learner: Learner, seed: int, device: torch.device
             learner.load_state_dict(st["learner"])
             matrix = AccuracyMatrix.from_state(st["matrix"])
             histories, extras, memory_sizes, train_s = st["histories"], st["extras"], st["memory_sizes"], st["train_s"]
+            train_images = st.get("train_images", 0)
             start = st["task"] + 1
     for t in range(start, stream.num_tasks):
         seen, seen_before = stream.seen(t), (stream.seen(t - 1) if t else 0)
@@ -225,11 +212,12 @@ def run_stream(stream: Stream, learner: Learner, seed: int, device: torch.device
             if learner.uses_memory and len(memory):
                 idx = torch.cat([idx, memory.indices()])
         train = stream.train_loader(idx, learner.cfg.batch_size, device, seed=seed * 1000 + t)
-        cfg = learner.cfg.train_config(t, desc=f"{learner.name} s{seed} task {t + 1}/{stream.num_tasks}")
+        cfg = learner.cfg.train_config(t, desc=f"{label} s{seed} task {t + 1}/{stream.num_tasks}")
         cfg.progress = progress
         res = fit(model, train, None, cfg, loss_fn=learner.loss_fn(t, seen, seen_before),
                   checkpoint_dir=ckpt / f"task{t}" if ckpt else None)
         train_s += res.train_seconds
+        train_images += res.train_images
         histories.append(res.history)
         extra = learner.post_train(model, t, stream)
         matrix.add_row(evaluate_row(model, stream, t, device))
@@ -249,6 +237,6 @@ def run_stream(stream: Stream, learner: Learner, seed: int, device: torch.device
                 "task": t, "model": model.state_dict(), "memory": memory.state_dict(),
                 "old_model": learner.old_model.state_dict() if learner.old_model is not None else None,
                 "learner": learner.state_dict(), "matrix": matrix.state_dict(), "histories": histories,
-                "extras": extras, "memory_sizes": memory_sizes, "train_s": train_s,
+                "extras": extras, "memory_sizes": memory_sizes, "train_s": train_s, "train_images": train_images,
                 "config": asdict(learner.cfg)})
-    return StreamResult(learner.name, seed, matrix, histories, train_s, memory_sizes, extras, model)
+    return StreamResult(label, seed, matrix, histories, train_s, memory_sizes, extras, model, train_images)
