@@ -30,5 +30,3 @@ and may not redefine them.
 # * nn.Modules go to repro/layers or repro/models (registered), losses to repro/losses,
 #   figures to the family's figures.py (generic ones to repro/plots), Markdown tables through
 #   repro.tables.markdown_table; cached expensive things through repro.artifacts.
-# * The old repro/methods/<module>.py is deleted once moved (no shims); notebooks, tests and the
-#   spec's ``[paper] modules`` list follow the new paths.

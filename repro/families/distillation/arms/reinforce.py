@@ -132,6 +132,8 @@ def build_store(teacher: nn.Module, images: torch.Tensor, views: int, top_k: int
             WORK["eval_batches"] += 1
             if dry_run():
                 break
+        if dry_run():  # one batch of one view in all: a dry run checks the code path, not the store
+            break
     return ReinforcedStore(params, ids, probs, pad, time.time() - t0, teacher_key)
 
 

@@ -326,10 +326,13 @@ def updates_to_reach(steps: Sequence[float], acc: Sequence[float], target: float
 
 def speedup_pct(base: Mapping[str, Any], arm: Mapping[str, Any], frac: float = 0.9) -> float:
     """Percent of the baseline's updates saved by ``arm`` to reach ``frac`` × the baseline's
-    final accuracy: 100 · (u_base − u_arm) / u_base (positive = faster)."""
+    final accuracy: 100 · (u_base − u_arm) / u_base (positive = faster). NaN when the
+    baseline is at the target from update 0 (it never learned, as in a one-step dry run)."""
     target = frac * base["final_acc"]
     u_base = updates_to_reach(base["steps"], base["test_acc"], target)
     u_arm = updates_to_reach(arm["steps"], arm["test_acc"], target)
+    if u_base == 0:
+        return math.nan
     return 100.0 * (u_base - u_arm) / u_base
 
 
@@ -355,7 +358,9 @@ def updates_saved(result: SweepResult, seed: int, settings: Sequence[str], frac:
         if base is None or hard is None:
             continue
         key = "updates_saved_pct" if setting == "paper" else f"updates_saved_pct_{setting}"
-        out[key] = speedup_pct(base, hard, frac)
+        saved = speedup_pct(base, hard, frac)
+        if math.isfinite(saved):  # undefined when the baseline never learned (a one-step dry run)
+            out[key] = saved
     return out
 
 

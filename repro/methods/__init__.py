@@ -1,1 +1,0 @@
-"""Multi-step algorithms of the papers (large-batch regimes, hard-batch selection, ...)."""
