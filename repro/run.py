@@ -295,16 +295,17 @@ class Run:
 
     def claims_table(self) -> str:
         """The claim-vs-ours table as Markdown (after ``finish``)."""
+        from .tables import markdown_table
+
         rec = self.record or self.finish()
-        rows = ["| claim | paper | ours (mean ± std, 95% CI, n) | verdict | why |",
-                "| --- | --- | --- | --- | --- |"]
+        rows = []
         for c in rec["claims"]:
             pv = "—" if c["paper_value"] is None else f"{c['paper_value']:g} {c['unit']}"
             o = c["ours"]
             ours = "—" if o is None else (f"{o['mean']:+.2f} ± {o['std']:.2f} {c['unit']}, "
                                           f"[{o['ci_low']:+.2f}, {o['ci_high']:+.2f}], n={o['n']}")
-            rows.append(f"| {c['text']} | {pv} | {ours} | **{c['verdict'] or 'not judged'}** | {c['reason']} |")
-        return "\n".join(rows)
+            rows.append([c["text"], pv, ours, f"**{c['verdict'] or 'not judged'}**", c["reason"]])
+        return markdown_table(["claim", "paper", "ours (mean ± std, 95% CI, n)", "verdict", "why"], rows)
 
     def report(self):
         """Display the claim table in a notebook (Markdown), or return it as text."""

@@ -17,7 +17,7 @@ from typing import Any
 from ..io import atomic_write_text
 from ..paths import book_dir, chapters_dir, results_dir
 from ..records import RecordSet, audited, best_record
-from ..tables import cell
+from ..tables import cell, markdown_table
 from ..verdicts import VERDICTS
 
 # -- locations ---------------------------------------------------------------------------
@@ -197,11 +197,10 @@ def write_results(root: Path | None = None, specs: Sequence[Any] | None = None) 
     if missing:
         md += ["## Papers without a record yet", "",
                "These papers have a spec (claims and parameters) but no finished cpu, gpu or "
-               "paper run yet.", "",
-               "| paper | title | family | status |", "| --- | --- | --- | --- |"]
-        for s in missing:
-            name = f"{{doc}}`{s.name} <chapters/{s.name}>`" if s.name in chapters else s.name
-            md.append(f"| {name} | {_cell(s.title)} | {_cell(s.family)} | not yet run |")
+               "paper run yet.", ""]
+        md.append(markdown_table(["paper", "title", "family", "status"], [
+            [f"{{doc}}`{s.name} <chapters/{s.name}>`" if s.name in chapters else s.name, s.title, s.family,
+             "not yet run"] for s in missing]))
         md.append("")
 
     bench = _bench_table()
