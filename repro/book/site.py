@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_text
-from ..paths import book_dir
+from ..paths import BOOK_ENV, RESULTS_ENV, book_dir
 from .results import _specs, chapter_path, write_results
 
 MATHJAX = Path("book/_static/mathjax/tex-svg.js")
@@ -110,12 +110,21 @@ def build(root: Path, builder: str = "html", specs: Sequence[Any] | None = None,
     its tail. Returns ``_build/html/index.html`` (or the builder's output folder).
     """
     root = Path(root).resolve()
-    if book_dir().resolve() != root / "book":
+    if (os.environ.get(BOOK_ENV) or os.environ.get(RESULTS_ENV)) and book_dir().resolve() != root / "book":
         raise RuntimeError(f"the book is built from {root / 'book'}, but REPRO_BOOK/REPRO_RESULTS point "
-                           f"elsewhere ({book_dir()}); unset them to build the checkout's book")
+                           f"elsewhere ({book_dir()}); unset them to build this book")
     ensure_mathjax(root)
-    write_results(root, specs)
-    write_toc(root, specs)
+    saved = {k: os.environ.get(k) for k in (BOOK_ENV, RESULTS_ENV)}
+    os.environ[BOOK_ENV], os.environ[RESULTS_ENV] = str(root / "book"), str(root / "results")
+    try:  # the pages of the book at ``root``, from the records beside it
+        write_results(root, specs)
+        write_toc(root, specs)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     cmd = [*_jupyter_book_cmd(), "build", str(root), "--builder", builder]
     if strict:
         cmd += ["--warningiserror", "--keep-going"]

@@ -68,14 +68,8 @@ def config(cls: type, run, **overrides: Any):
     return registry.make_config(cls, run.params, **overrides)
 
 
-def arm_config(run, name: str, **overrides: Any):
-    """The config of registered arm ``name`` from the run's parameters."""
-    a = registry.get(FAMILY, name)
-    return registry.make_config(a.config, run.params, **overrides)
-
-
 def check_plan(plan: Plan) -> None:
-    """Labels are distinct identifiers and every arm is registered (ParameterError otherwise)."""
+    """Labels are identifiers (ValueError) and every arm is registered (ParameterError)."""
     for label, (name, _) in plan.items():
         if not str(label).isidentifier():
             raise ValueError(f"label {label!r} must be an identifier (it becomes part of metric names)")
@@ -118,8 +112,8 @@ def sweep(run, stream: Stream, plan: Plan, *, factory: Callable[[registry.Arm], 
     next seed); returns the sweep's result, its rows logged in the run.
 
     ``factory(arm)``: how to make the learner of an arm from its config (default: the arm's
-    class, e.g. ``nmc`` starts it from a pretrained backbone). ``note``: keep every job's
-    metrics and extras in the record's notes (``notes["jobs"]``).
+    class). ``note``: keep every job's metrics and extras in the record's notes
+    (``notes["jobs"]``).
     """
     cfgs = configs(run, plan)
     make = factory or (lambda a: a.impl)
@@ -193,7 +187,7 @@ def nmc_sweep(run, stream: Stream, backbone: Any, progress: bool = True) -> Swee
     backbone through the incremental loop (checkpointed per task)."""
     from .arms import nmc
 
-    feats = nmc.frozen_features(backbone.frozen(), stream, run.device)
+    feats = nmc.frozen_features(backbone.frozen().to(run.device), stream, run.device)
     run.note(features={"dim": int(feats.f_train.shape[1]), "extract_s": round(feats.extract_s, 2)})
     jobs: dict[str, JobFn] = {}
     for label, (a, cfg) in configs(run, nmc.PLAN).items():
