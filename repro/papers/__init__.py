@@ -80,6 +80,12 @@ class PaperSpec:
         return list(self.info.get("modules", []))
 
     @property
+    def synthesis(self) -> bool:
+        """A chapter of this book that compares several papers' methods (``[paper] synthesis``),
+        not a paper: the results page counts it apart."""
+        return bool(self.info.get("synthesis", False))
+
+    @property
     def defaults(self) -> dict[str, Any]:
         return {k: v["default"] for k, v in self.params.items()}
 
