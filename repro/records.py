@@ -34,8 +34,8 @@ from typing import Any
 
 from .errors import RecordError
 
-SCHEMA = 2
-KNOWN_SCHEMAS = (1, 2)
+SCHEMA = 3
+KNOWN_SCHEMAS = (1, 2, 3)
 STATUSES = ("complete", "dry-run")
 RECORD_NAME = re.compile(r"^(\d\d-[a-z0-9_]+)\.(smoke|cpu|gpu|paper)\.json$")
 
@@ -48,6 +48,9 @@ _REQUIRED = {
     1: {**_COMMON, "verdict": str},
     2: {**_COMMON, "verdict": (str, type(None)), "run_id": str, "overrides": dict, "rows": list},
 }
+# Schema 3: the verdict rule with intervals that count test-set error, guards and power; each
+# claim carries its evidence (test-set variance, guards) beside its summary.
+_REQUIRED[3] = _REQUIRED[2]
 _CLAIM_KEYS = {"id": str, "text": str, "metric": str, "kind": str, "direction": str, "verdict": (str, type(None)),
                "reason": str}
 
@@ -204,13 +207,17 @@ def notebook_matches(rec: dict[str, Any], nb: dict[str, Any]) -> str | None:
     return None
 
 
-def _summary_agrees(claim: dict[str, Any], metric: dict[str, Any] | None) -> bool:
+def _summary_agrees(claim: dict[str, Any], metric: dict[str, Any] | None, test_var: float | None = None) -> bool:
+    """Does the claim's summary follow from the per-seed values (schema 3: with the test-set
+    variance it records; earlier: the plain Student-t interval over seeds)?"""
     from .metrics import mean_ci
+    from .verdicts import interval
 
     ours = claim.get("ours")
     if ours is None or metric is None:
         return ours is None
-    fresh = mean_ci([float(v) for v in metric["per_seed"].values()])
+    values = [float(v) for v in metric["per_seed"].values()]
+    fresh = interval(values, test_var) if test_var is not None else mean_ci(values)
     for key in ("mean", "ci_low", "ci_high"):
         a, b = ours.get(key), fresh.get(key)
         if a is None or b is None or (isinstance(b, float) and math.isnan(b)):
@@ -220,6 +227,16 @@ def _summary_agrees(claim: dict[str, Any], metric: dict[str, Any] | None) -> boo
         if abs(float(a) - float(b)) > 1e-6 * max(1.0, abs(float(b))):
             return False
     return int(ours.get("n", -1)) == fresh["n"]
+
+
+def claim_from_record(c: dict[str, Any]) -> Any:
+    """The ``repro.papers.Claim`` a record's claim entry was judged as."""
+    from .papers import Claim
+
+    fields = {k: c[k] for k in Claim.__dataclass_fields__ if k in c and k not in ("comparable", "tiers")}
+    fields["tiers"] = tuple(c.get("tiers") or ())
+    fields["comparable"] = tuple(c.get("comparable_tiers") or ())
+    return Claim(**fields)
 
 
 def _rows_agree(claim: dict[str, Any], metric: dict[str, Any], rows: list[dict[str, Any]]) -> bool:
@@ -236,9 +253,8 @@ def audit(rec: dict[str, Any], results: Path, chapters: Path | None = None,
           repo: Path | None = None) -> Audit:
     """Check ``rec`` (from :func:`load_records`) against its notebook, figures, numbers and
     commit; ``chapters``: the folder of executed chapters (None: don't check the notebook)."""
-    from .papers import Claim
     from .provenance import commit_known
-    from .verdicts import judge
+    from .verdicts import Evidence, claim_evidence, judge
 
     a = Audit()
     name = rec["paper"]["name"]
@@ -268,21 +284,37 @@ def audit(rec: dict[str, Any], results: Path, chapters: Path | None = None,
                 rid = None
             if rid != rec["run_id"]:
                 a.integrity.append(f"figure {fig!r} comes from run {rid or '(unknown)'}, not this one")
+    old_rule = False
     for c in rec["claims"]:
         metric = rec["metrics"].get(c.get("key") or c["metric"])
         if c.get("arm") and metric is not None and not _rows_agree(c, metric, rec.get("rows", [])):
             a.integrity.append(f"claim {c['id']!r}: its per-seed values do not follow from the run's rows")
             continue
-        if not _summary_agrees(c, metric):
+        evidence = c.get("evidence") or {}
+        test_var = float(evidence.get("test_var", 0.0)) if rec["schema"] >= 3 else None
+        if rec["schema"] >= 3 and c.get("arm") and metric is not None:
+            claim = claim_from_record(c)
+            ev = claim_evidence(claim, rec.get("rows", []))
+            if ev is None or abs(ev.test_var - test_var) > 1e-9 * max(1.0, ev.test_var):
+                a.integrity.append(f"claim {c['id']!r}: its test-set variance does not follow from the run's rows")
+                continue
+        if not _summary_agrees(c, metric, test_var):
             a.integrity.append(f"claim {c['id']!r}: its summary does not follow from the per-seed values")
             continue
         if rec["status"] != "complete":
             continue
-        fields = {k: c[k] for k in Claim.__dataclass_fields__ if k in c}
-        verdict, _ = judge(Claim(**fields), c.get("ours"), rec["tier"])
+        if rec["schema"] < 3:
+            old_rule = True
+            continue
+        ev = None if metric is None else Evidence(dict(metric["per_seed"]), test_var or 0.0,
+                                                  list(evidence.get("flags", [])))
+        verdict, _ = judge(claim_from_record(c), ev, rec["tier"])
         if verdict != c["verdict"]:
             a.integrity.append(f"claim {c['id']!r}: verdict {c['verdict']!r} does not follow from its "
                                f"numbers under the current rule ({verdict!r})")
+    if old_rule:
+        a.provenance.append(f"judged under an earlier verdict rule (schema {rec['schema']}); "
+                            "re-run the chapter to judge it under the current one")
     env = rec["environment"]
     commit = str(env.get("git_commit", "unknown"))
     known = commit_known(commit, cwd=repo)

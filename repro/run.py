@@ -109,6 +109,7 @@ class Run:
         self.rows: list[dict[str, Any]] = []
         self.figures: dict[str, str] = {}
         self.notes: dict[str, Any] = {}
+        self.flags: dict[tuple[str | None, str | None], str] = {}
         self.data_info: dict[str, Any] = {}
         self._cost0 = (COST.train_s, COST.train_images)
         self._work0 = dict(WORK)
@@ -184,16 +185,31 @@ class Run:
     def claim_values(self, claim: Any) -> dict[str, float] | None:
         """seed → the claim's value: its logged metric, or, for a claim that names an arm,
         the arm's row minus the baseline's row of the same seed. None if nothing was found."""
-        if claim.arm is None:
-            return self.metrics.get(claim.metric)
-        def of(arm: str) -> dict[str, float]:
-            return {str(r["seed"]): r["value"] for r in self.rows if r["arm"] == arm and r["metric"] == claim.metric}
-        a = of(claim.arm)
-        if not claim.baseline:
-            return a or None
-        b = of(claim.baseline)
-        paired = {s: a[s] - b[s] for s in a if s in b}
-        return paired or None
+        ev = self.claim_evidence(claim)
+        return None if ev is None else ev.per_seed
+
+    def claim_evidence(self, claim: Any) -> Any:
+        """``repro.verdicts.Evidence`` of a claim: per-seed values, test-set variance and the
+        guards that fired (``flag`` and the chance-level check). None if nothing was found."""
+        from .verdicts import chance_flags, claim_evidence
+
+        flags = [why for (arm, key), why in self.flags.items()
+                 if key == claim.key or (arm is not None and arm in (claim.arm, claim.baseline))
+                 or (arm is None and key is None)]
+        flags += chance_flags(claim, self.rows, self.chance_pct)
+        return claim_evidence(claim, self.rows, self.metrics.get(claim.metric), flags)
+
+    @property
+    def chance_pct(self) -> float | None:
+        """Top-1 of guessing, in percent, on the run's data (None before ``run.data``)."""
+        classes = self.data_info.get("classes")
+        return 100.0 / len(classes) if classes else None
+
+    def flag(self, reason: str, arm: str | None = None, claim: str | None = None) -> None:
+        """Mark the claims that rest on ``arm`` (or the claim with key ``claim``; neither:
+        every claim) as not judgeable, with the reason (a guard: an arm that learned nothing,
+        two arms identical by construction…). Their verdict becomes *inconclusive*."""
+        self.flags[(arm, claim)] = reason
 
     def note(self, **values: Any) -> None:
         """Keep extra JSON-serialisable facts in the record (histories, tables…)."""
@@ -231,30 +247,39 @@ class Run:
 
         from .metrics import mean_ci
 
+        from .verdicts import comparable, interval, seeds_needed, smallest_detectable
+
         metrics = self.summaries()
-        missing = []
+        missing, evidence = [], {}
         for c in self.spec.claims:
-            values = self.claim_values(c)
-            if values is None:
+            ev = self.claim_evidence(c)
+            if ev is None:
                 missing.append(c.key)
-            elif c.arm is not None:
-                s = mean_ci(list(values.values()))
-                metrics[c.key] = {"per_seed": values, **{k: s[k] for k in ("mean", "std", "ci_low", "ci_high", "n")}}
+                continue
+            evidence[c.key] = ev
+            if c.arm is not None:
+                metrics[c.key] = {"per_seed": ev.per_seed, **{k: v for k, v in mean_ci(list(ev.per_seed.values())).items()}}
         if missing and not self.dry:
             raise RecordError(f"{self.spec.name}: the run has no value for claim metric(s) "
                               f"{', '.join(missing)}; log them with run.log(seed, ...) or sweep the arms they name")
         claims = []
         for c in self.spec.claims:
-            ours = metrics.get(c.key)
+            ev = evidence.get(c.key)
+            iv = interval(list(ev.per_seed.values()), ev.test_var) if ev else None
             if self.dry:
                 verdict, reason = None, "dry run: one step per job, never judged"
             else:
-                verdict, reason = judge(c, ours, self.tier)
-            diff = None
-            if ours is not None and c.paper_value is not None:
-                diff = ours["mean"] - c.paper_value
-            claims.append({**c.__dict__, "key": c.key, "ours": None if ours is None else
-                           {k: ours[k] for k in ("mean", "std", "ci_low", "ci_high", "n")},
+                verdict, reason = judge(c, ev, self.tier)
+            comp = comparable(c, self.tier)
+            diff = iv["mean"] - c.paper_value if iv and comp and c.paper_value is not None else None
+            mde = smallest_detectable(iv["std"], ev.test_var, iv["n"]) if iv else None
+            claims.append({**c.__dict__, "tiers": list(c.tiers), "comparable": comp,
+                           "comparable_tiers": list(c.comparable), "key": c.key,
+                           "ours": None if iv is None else {k: iv[k] for k in
+                                                            ("mean", "std", "ci_low", "ci_high", "n", "se_seed", "se_test")},
+                           "evidence": None if ev is None else {"test_var": ev.test_var, "flags": ev.flags},
+                           "mde": mde, "seeds_needed": seeds_needed(c.paper_value, iv["std"], ev.test_var)
+                           if iv and c.kind == "effect" else None,
                            "difference": diff, "verdict": verdict, "reason": reason})
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(self.device) / 2**20
@@ -300,12 +325,14 @@ class Run:
         rec = self.record or self.finish()
         rows = []
         for c in rec["claims"]:
-            pv = "—" if c["paper_value"] is None else f"{c['paper_value']:g} {c['unit']}"
+            pv = "—" if c["paper_value"] is None else f"{c['paper_value']:+g} {c['unit']}"
             o = c["ours"]
-            ours = "—" if o is None else (f"{o['mean']:+.2f} ± {o['std']:.2f} {c['unit']}, "
-                                          f"[{o['ci_low']:+.2f}, {o['ci_high']:+.2f}], n={o['n']}")
-            rows.append([c["text"], pv, ours, f"**{c['verdict'] or 'not judged'}**", c["reason"]])
-        return markdown_table(["claim", "paper", "ours (mean ± std, 95% CI, n)", "verdict", "why"], rows)
+            ours = "—" if o is None else (f"{o['mean']:+.2f} {c['unit']} [{o['ci_low']:+.2f}, {o['ci_high']:+.2f}], "
+                                          f"n={o['n']}")
+            mde = "—" if c.get("mde") is None else f"{c['mde']:.2f}"
+            rows.append([c["text"], pv, ours, mde, f"**{c['verdict'] or 'not judged'}**", c["reason"]])
+        return markdown_table(["claim", "paper", "ours (mean, 95% CI incl. test-set error, seeds)",
+                               "smallest detectable", "verdict", "why"], rows)
 
     def report(self):
         """Display the claim table in a notebook (Markdown), or return it as text."""

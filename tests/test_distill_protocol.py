@@ -12,15 +12,19 @@ from repro.papers import ParameterError, _with_protocol, all_specs, load_protoco
 from repro.train import TrainConfig
 
 
-def test_protocol_is_merged_and_cannot_be_redefined():
+def test_protocol_is_merged_and_a_paper_regime_wins():
     proto = load_protocol("distillation")
     params, tiers = _with_protocol("x.toml", "distillation", {"mine": {"default": 1}}, {"cpu": {"mine": 2}})
     assert set(proto["params"]) < set(params) and "mine" in params
     assert tiers["cpu"]["mine"] == 2 and tiers["cpu"]["student"] == proto["tiers"]["cpu"]["student"]
-    with pytest.raises(ParameterError, match="belong to the 'distillation' protocol"):
-        _with_protocol("x.toml", "distillation", {"epochs": {"default": 3}}, {})
-    with pytest.raises(ParameterError, match="overrides epochs"):
-        _with_protocol("x.toml", "distillation", {}, {"cpu": {"epochs": 3}})
+    # A paper keeps its own regime: a new default and tier value win, the meaning stays.
+    params, tiers = _with_protocol("x.toml", "distillation", {"epochs": {"default": 3}}, {"cpu": {"epochs": 7}})
+    assert params["epochs"]["default"] == 3 and params["epochs"]["help"] == proto["params"]["epochs"]["help"]
+    assert tiers["cpu"]["epochs"] == 7
+    with pytest.raises(ParameterError, match="has type str"):
+        _with_protocol("x.toml", "distillation", {"epochs": {"default": "many"}}, {})
+    with pytest.raises(ParameterError, match="only get a new default"):
+        _with_protocol("x.toml", "distillation", {"epochs": {"default": 3, "extra": 1}}, {})
     with pytest.raises(ParameterError, match="no protocol"):
         load_protocol("nope")
 

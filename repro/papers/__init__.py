@@ -7,10 +7,16 @@ One TOML file per paper, ``repro/papers/<slug>.toml``::
               protocol (optional: a family's shared params and tiers, protocols/<name>.toml)
     [params]  name = { default = ..., help = "..." }      # the paper tier's values
     [tiers.smoke] / [tiers.cpu] / [tiers.gpu]   name = value overrides
-    [[claims]] id, text, metric, kind ("effect" | "absolute"), direction ("higher" | "lower"),
-               paper_value (optional), tolerance, unit, source; arm and baseline (optional):
-               the claim is about ``metric`` of arm minus baseline, paired by seed, formed
-               from the tidy rows the family's sweep writes
+    [[claims]] id, text, metric, kind ("effect" | "noninferior" | "absolute"), direction
+               ("higher" | "lower"), paper_value (optional), tolerance, unit, source; arm and
+               baseline (optional): the claim is about ``metric`` of arm minus baseline,
+               paired by seed, formed from the tidy rows the family's sweep writes; margin
+               (noninferior); tiers + untestable (the tiers that judge it, and why not the
+               others); comparable (tiers besides paper whose setting matches the paper's);
+               test_noise; seed_sd (expected spread over seeds, for the power shown at setup)
+
+A paper with a family ``protocol`` may give a protocol parameter a new default or tier value:
+the paper's regime wins over the family's.
 
 Every notebook's ``parameters`` cell carries the same names and defaults (a test checks).
 """
@@ -47,6 +53,28 @@ class Claim:
     source: str = ""
     arm: str | None = None        # the metric of this arm (a row of the run's sweep)…
     baseline: str | None = None   # …minus that of this one, paired by seed
+    margin: float | None = None   # noninferior claims: the margin δ, fixed before running
+    tiers: tuple[str, ...] = ()   # tiers at which the claim is judged (empty: all)
+    untestable: str = ""          # why it is not judged at the other tiers
+    comparable: tuple[str, ...] = ()  # tiers besides paper whose setting matches the paper's
+    test_noise: str = "auto"      # "binomial" | "none" | "auto" (by metric name; repro.verdicts)
+    seed_sd: float | None = None  # expected spread over seeds (for the power shown before a run)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("effect", "noninferior", "absolute"):
+            raise ValueError(f"kind must be effect, noninferior or absolute, not {self.kind!r}")
+        if self.direction not in ("higher", "lower"):
+            raise ValueError(f"direction must be higher or lower, not {self.direction!r}")
+        if self.kind == "noninferior" and (self.margin is None or self.margin < 0):
+            raise ValueError("a noninferior claim needs a margin ≥ 0, fixed before running")
+        if self.test_noise not in ("auto", "binomial", "none"):
+            raise ValueError(f"test_noise must be auto, binomial or none, not {self.test_noise!r}")
+        for t in (*self.tiers, *self.comparable):
+            check_tier(t)
+        if self.tiers and not self.untestable:
+            raise ValueError("a claim limited to some tiers must say why (untestable = ...)")
+        object.__setattr__(self, "tiers", tuple(self.tiers))
+        object.__setattr__(self, "comparable", tuple(self.comparable))
 
     @property
     def key(self) -> str:
@@ -207,7 +235,7 @@ def _load_spec(slug: str) -> PaperSpec:
     for c in raw.get("claims", []):
         try:
             claims.append(Claim(**c))
-        except TypeError as exc:
+        except (TypeError, ValueError, ParameterError) as exc:
             raise ParameterError(f"{path.name}: claim {c.get('id', '?')!r}: {exc}") from None
         if claims[-1].baseline and not claims[-1].arm:
             raise ParameterError(f"{path.name}: claim {c.get('id')!r} names a baseline but no arm")
@@ -229,17 +257,20 @@ def _with_protocol(file: str, name: str, params: dict, tiers: dict) -> tuple[dic
     """Merge a family protocol into a paper's params and tiers; the paper may not redefine it."""
     proto = load_protocol(name)
     shared = proto.get("params", {})
-    clash = sorted(set(shared) & set(params))
-    if clash:
-        raise ParameterError(f"{file}: parameter(s) {', '.join(clash)} belong to the {name!r} protocol")
+    for k in sorted(set(shared) & set(params)):
+        # The paper's regime wins over the family's (e.g. its own base-task size), but only as
+        # a new default of the same type: the parameter keeps the protocol's meaning.
+        if set(params[k]) - {"default", "help"}:
+            raise ParameterError(f"{file}: parameter {k} of the {name!r} protocol may only get a new default")
+        check_type(file, k, params[k]["default"], shared[k]["default"])
     merged_tiers: dict[str, dict] = {}
     for t in sorted(set(tiers) | set(proto.get("tiers", {}))):
         own, common = tiers.get(t, {}), proto.get("tiers", {}).get(t, {})
-        clash = sorted(set(own) & set(shared))
-        if clash:
-            raise ParameterError(f"{file}: tier {t} overrides {', '.join(clash)} of the {name!r} protocol")
-        merged_tiers[t] = {**common, **own}
-    return {**params, **shared}, merged_tiers
+        merged_tiers[t] = {**common, **own}  # a paper's tier values win over the protocol's
+    merged = {**params, **shared}
+    for k in set(shared) & set(params):
+        merged[k] = {**shared[k], **params[k]}
+    return merged, merged_tiers
 
 
 def all_specs() -> list[PaperSpec]:
