@@ -225,6 +225,50 @@ class Run:
         self.figures[name] = path.relative_to(self.folder).as_posix()
         return path
 
+    # -- power --------------------------------------------------------------------------
+    def power_rows(self) -> list[dict[str, Any]]:
+        """Before training: per claim, the smallest effect this tier can detect (95%, 80%
+        power) from the expected spread over seeds, the seeds and the test size, next to the
+        paper's effect. The spread comes from the claim's ``seed_sd`` or from the published
+        record of this tier; without either, only the test-set error is counted (a floor)."""
+        from .verdicts import binomial_var, seeds_needed, smallest_detectable, testable, uses_binomial
+
+        prior = _published_claims(self.spec.name, self.tier)
+        classes = self.params.get("classes", 100)
+        per = self.params.get("test_per_class", 0) or 100
+        n_test = (classes if isinstance(classes, int) and classes > 0 else 100) * per
+        out = []
+        for c in self.spec.claims:
+            row: dict[str, Any] = {"claim": c.id, "key": c.key, "paper": c.paper_value if c.kind != "absolute" else None,
+                                   "unit": c.unit, "seeds": len(self.seeds), "judged": testable(c, self.tier)
+                                   and self.tier != "smoke" and c.kind != "absolute"}
+            old = prior.get(c.key) or {}
+            test_var = (old.get("evidence") or {}).get("test_var")
+            if test_var is None and uses_binomial(c) and c.arm:
+                test_var = binomial_var(50.0, n_test) * (2 if c.baseline else 1)  # p = ½: the widest
+            sd = c.seed_sd if c.seed_sd is not None else (old.get("ours") or {}).get("std")
+            row.update(test_images=n_test if uses_binomial(c) else None, seed_sd=sd, test_var=test_var or 0.0,
+                       sd_source="spec" if c.seed_sd is not None else ("published record" if sd is not None else None))
+            row["mde"] = smallest_detectable(sd or 0.0, test_var or 0.0, len(self.seeds))
+            row["floor_only"] = sd is None
+            row["seeds_for_paper"] = seeds_needed(row["paper"], sd or 0.0, test_var or 0.0) if row["paper"] else None
+            out.append(row)
+        return out
+
+    def power_text(self) -> str:
+        """``power_rows`` as the few lines ``repro.start`` prints."""
+        lines = [f"smallest detectable effect at tier {self.tier} ({len(self.seeds)} seeds; 95% CI, 80% power):"]
+        for r in self.power_rows():
+            if not r["judged"]:
+                lines.append(f"  {r['claim']}: not judged at this tier")
+                continue
+            mde = "—" if r["mde"] is None else (f"{'≥ ' if r['floor_only'] else ''}{r['mde']:.2f} {r['unit']}")
+            src = " (test-set error only; spread over seeds unknown)" if r["floor_only"] and r["mde"] else ""
+            paper = "" if r["paper"] is None else f" · paper {r['paper']:+g} {r['unit']}" + (
+                f", {r['seeds_for_paper']} seeds to detect it" if r["seeds_for_paper"] else "")
+            lines.append(f"  {r['claim']}: {mde}{src}{paper}")
+        return "\n".join(lines)
+
     # -- closing ------------------------------------------------------------------------
     def summaries(self) -> dict[str, dict[str, Any]]:
         from .metrics import mean_ci
@@ -247,14 +291,15 @@ class Run:
 
         from .metrics import mean_ci
 
-        from .verdicts import comparable, interval, seeds_needed, smallest_detectable
+        from .verdicts import comparable, interval, seeds_needed, smallest_detectable, testable
 
         metrics = self.summaries()
         missing, evidence = [], {}
         for c in self.spec.claims:
             ev = self.claim_evidence(c)
             if ev is None:
-                missing.append(c.key)
+                if testable(c, self.tier):  # a claim not judged here may skip its arms
+                    missing.append(c.key)
                 continue
             evidence[c.key] = ev
             if c.arm is not None:
@@ -348,6 +393,21 @@ class Run:
             return text
 
 
+def _published_claims(name: str, tier: str) -> dict[str, dict[str, Any]]:
+    """key → claim entry of the record the book shows for ``name`` at ``tier`` ({} if none)."""
+    from .paths import results_dir
+    from .records import read_record
+
+    path = results_dir() / f"{name}.{tier}.json"
+    if not path.is_file():
+        return {}
+    try:
+        rec = read_record(path)
+    except RecordError:
+        return {}
+    return {c.get("key") or c["metric"]: c for c in rec["claims"]}
+
+
 def _inline_figures() -> None:
     """In a Jupyter kernel, draw figures inline whatever MPLBACKEND says: an executed chapter
     must carry its figures, and CI/papermill environments often set MPLBACKEND=Agg, under
@@ -411,4 +471,6 @@ def start(slug: str, ns: dict[str, Any]) -> Run:
     print(f"{spec.name} · tier {params['tier']} · device {run.env['device_name']} · seeds {seeds} · "
           f"overrides: {set_} · repro {__version__} ({run.env['git_commit']}) · run id {run.run_id}"
           + (" · DRY RUN" if run.dry else ""))
+    if params["tier"] != "smoke" and not run.dry:
+        print(run.power_text())
     return run

@@ -33,10 +33,11 @@ per-seed numbers. A verdict is one of five states:
 **The interval.** An effect is a paired difference per seed, d_i = arm_i − baseline_i (same
 seed, same data, same test images). Its 95% interval is
 
-mean(d) ± t(0.975, n − 1) · √(s²/n + v_test),
+mean(d) ± t(0.975, ν) · √(s²/n + v_test),
 
-where s is the spread of d over the n seeds and v_test the test-set sampling variance of the
-difference. Every seed is scored on the same test images, so that error does not shrink with
+where s is the spread of d over the n seeds, v_test the test-set sampling variance of the
+difference, and ν the Welch–Satterthwaite degrees of freedom (n − 1 when v_test is 0; more as
+the known test term dominates). Every seed is scored on the same test images, so that error does not shrink with
 more seeds. For accuracies (top-1, average incremental accuracy, last-task accuracy, test
 error) v_test is binomial, 100²·(p_a(1 − p_a) + p_b(1 − p_b))/N on N test images, averaged over
 seeds. It ignores the correlation between two models scored on the same images, so it errs on
@@ -49,7 +50,7 @@ No accuracy interval has zero width.
   comparable with the paper's (the paper tier, or a tier the spec declares comparable), the
   interval lies wholly below the paper's effect;
 - *inconclusive*: everything else. The reason gives the smallest effect this run could detect
-  (95% two-sided, 80% power: (t(0.975, n − 1) + t(0.80, n − 1)) · √(s²/n + v_test)) and, where the
+  (95% two-sided, 80% power: (t(0.975, ν) + t(0.80, ν)) · √(s²/n + v_test)) and, where the
   paper's effect is known, the seeds that would detect it.
 
 **Non-inferiority and parity claims** ("at least as accurate as") carry a margin δ fixed in the
@@ -79,11 +80,11 @@ another judged claim is not reproduced.
 """
 
 
-def t_quantile(q: float, df: int) -> float:
-    """Student-t quantile (scipy)."""
+def t_quantile(q: float, df: float) -> float:
+    """Student-t quantile (scipy); the normal one for infinite df."""
     from scipy import stats
 
-    return float(stats.t.ppf(q, df))
+    return float(stats.norm.ppf(q) if math.isinf(df) else stats.t.ppf(q, df))
 
 
 def binomial_var(pct: float, n: int) -> float:
@@ -117,7 +118,8 @@ class Evidence:
 
 
 def interval(values: Sequence[float], test_var: float = 0.0, confidence: float = CONFIDENCE) -> dict[str, Any]:
-    """Mean and interval ``mean ± t(q, n−1)·√(s²/n + test_var)`` (see RULE_MARKDOWN).
+    """Mean and interval ``mean ± t(q, ν)·√(s²/n + test_var)`` (see RULE_MARKDOWN; ν from
+    :func:`effective_df`).
 
     Returns mean, std (of the values, ddof=1), ci_low, ci_high, n, se (the combined standard
     error), se_seed and se_test. One value: std 0 and an interval from the test term alone
@@ -133,22 +135,30 @@ def interval(values: Sequence[float], test_var: float = 0.0, confidence: float =
     std = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1)) if n > 1 else 0.0
     se_seed = std / math.sqrt(n)
     se = math.sqrt(se_seed ** 2 + test_var)
-    q = 0.5 + confidence / 2
-    from scipy import stats
-
-    crit = t_quantile(q, n - 1) if n > 1 else float(stats.norm.ppf(q))
+    crit = t_quantile(0.5 + confidence / 2, effective_df(se_seed ** 2, test_var, n))
     return {"mean": mean, "std": std, "ci_low": mean - crit * se, "ci_high": mean + crit * se, "n": n,
             "se": se, "se_seed": se_seed, "se_test": math.sqrt(test_var)}
+
+
+def effective_df(seed_var: float, test_var: float, n: int) -> float:
+    """Welch–Satterthwaite degrees of freedom of ``seed_var + test_var``: the seed term is
+    estimated from n − 1 degrees of freedom, the binomial test term is known (infinite).
+    n − 1 when the test term is 0; large when it dominates; infinite for one seed."""
+    if n < 2 or seed_var == 0:
+        return math.inf
+    return (seed_var + test_var) ** 2 / (seed_var ** 2 / (n - 1))
 
 
 def smallest_detectable(seed_sd: float, test_var: float, n: int, confidence: float = CONFIDENCE,
                         power: float = POWER) -> float | None:
     """The smallest true effect a run of ``n`` seeds detects with the given power:
-    ``(t(q, n−1) + t(power, n−1)) · √(seed_sd²/n + test_var)``. None for n < 2."""
+    ``(t(q, ν) + t(power, ν)) · √(seed_sd²/n + test_var)``. None for n < 2."""
     if n < 2:
         return None
-    k = t_quantile(0.5 + confidence / 2, n - 1) + t_quantile(power, n - 1)
-    return k * math.sqrt(seed_sd ** 2 / n + test_var)
+    df = effective_df(seed_sd ** 2 / n, test_var, n)
+    if seed_sd == 0 and test_var == 0:
+        df = n - 1
+    return (t_quantile(0.5 + confidence / 2, df) + t_quantile(power, df)) * math.sqrt(seed_sd ** 2 / n + test_var)
 
 
 def seeds_needed(effect: float | None, seed_sd: float, test_var: float, max_seeds: int = 50) -> int | None:

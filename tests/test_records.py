@@ -145,9 +145,10 @@ def test_finish_records_the_evidence_and_judges_with_the_rule(monkeypatch, tmp_p
     rec = run.finish()
     cl = rec["claims"][0]
     assert cl["evidence"]["test_var"] == pytest.approx(4.876667, abs=1e-6)
-    # zero spread over seeds, yet the interval has the test-set width: 10 ± 4.3027·√4.8767
-    assert (cl["ours"]["ci_low"], cl["ours"]["ci_high"]) == pytest.approx((10 - 9.5016, 10 + 9.5016), abs=1e-3)
-    assert cl["verdict"] == "reproduced" and cl["mde"] == pytest.approx(5.36331 * 4.876667 ** 0.5, abs=1e-3)
+    # zero spread over seeds, yet the interval has the (known) test-set width: 10 ± 1.96·√4.8767
+    assert (cl["ours"]["ci_low"], cl["ours"]["ci_high"]) == pytest.approx((10 - 4.32823, 10 + 4.32823), abs=1e-3)
+    # (z(0.975) + z(0.80)) · √4.876667 = (1.959964 + 0.841621) · 2.208318
+    assert cl["verdict"] == "reproduced" and cl["mde"] == pytest.approx(6.18681, abs=1e-3)
     assert cl["comparable"] is False and cl["difference"] is None
 
 

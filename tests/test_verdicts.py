@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from repro.papers import Claim
-from repro.verdicts import (Evidence, binomial_var, chance_flags, claim_evidence, interval, judge, overall,
+from repro.verdicts import (Evidence, binomial_var, effective_df, chance_flags, claim_evidence, interval, judge, overall,
                             seeds_needed, smallest_detectable)
 
 
@@ -21,10 +21,16 @@ def test_interval_counts_seed_spread_and_test_set_error():
     iv = interval([1.0, 2.0, 3.0])  # s = 1, se = 1/√3, t(0.975, 2) = 4.302653
     assert iv["mean"] == 2.0 and iv["std"] == pytest.approx(1.0)
     assert (iv["ci_low"], iv["ci_high"]) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=1e-5)
-    # Three seeds that agree exactly still have the shared test-set error: half-width t·√0.25.
+    # Three seeds that agree exactly still have the shared test-set error, a known (binomial)
+    # variance: half-width z(0.975)·√0.25 = 1.959964 · 0.5.
     iv = interval([2.0, 2.0, 2.0], test_var=0.25)
-    assert (iv["ci_low"], iv["ci_high"]) == pytest.approx((2 - 2.151327, 2 + 2.151327), abs=1e-5)
+    assert (iv["ci_low"], iv["ci_high"]) == pytest.approx((2 - 0.979982, 2 + 0.979982), abs=1e-5)
     assert iv["se_test"] == 0.5 and iv["se_seed"] == 0.0
+    # Both terms: se² = 1/3 + 1/4; Satterthwaite ν = (7/12)² / ((1/3)² / 2) = 6.125,
+    # t(0.975, 6.125) = 2.43490, half-width 2.43490 · 0.763763 = 1.85965.
+    assert effective_df(1 / 3, 0.25, 3) == pytest.approx(6.125)
+    iv = interval([1.0, 2.0, 3.0], test_var=0.25)
+    assert iv["ci_high"] - 2 == pytest.approx(1.85965, abs=1e-4)
 
 
 def test_binomial_variance_of_an_accuracy():
@@ -68,7 +74,7 @@ def test_guards_make_a_verdict_inconclusive():
     # Zero spread between arms that differ, with no test-set error: fixed by the design.
     v, why = judge(effect(metric="rank_swaps"), ev(1.1, 1.1, 1.1), "cpu")
     assert v == "inconclusive" and "zero spread" in why
-    # The same numbers with a test-set error are an estimate: CI [0.67, 1.53].
+    # The same numbers with a test-set error are an estimate: CI 1.1 ± 1.96 · 0.1.
     assert judge(effect(), ev(1.1, 1.1, 1.1, test_var=0.01), "cpu")[0] == "reproduced"
 
 
