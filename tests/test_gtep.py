@@ -127,6 +127,16 @@ def test_protocol_table_by_hand():
     assert (t["finetune"]["gtep_config"], t["finetune"]["usual_config"]) == (1, 1)
 
 
+def test_same_choice_is_flagged_as_fixed_by_the_design():
+    # finetune picks config 1 under both protocols: its gap is 0 by construction.
+    flags = G.same_choice_flags(_rows(TABLE), ALGOS)
+    assert set(flags) == {"gap_finetune"} and "configuration 1" in flags["gap_finetune"]
+    same = {k: v for k, v in TABLE.items() if k[1] == "finetune"}
+    same.update({(p, m): TABLE[("tuning", "finetune")] for p in ("tuning", "evaluation") for m in ("replay", "replay_kd")})
+    flags = G.same_choice_flags(_rows(same), ALGOS)
+    assert {"gap_mean", "rank_swaps", "advantage_shrink_replay_kd_over_replay"} <= set(flags)
+
+
 def test_discordant_pairs_and_ranks():
     a = {"x": 3.0, "y": 2.0, "z": 1.0}
     assert G.discordant_pairs(a, a) == 0

@@ -25,7 +25,7 @@ model, GTEP's two streams and its search) is at the end of this module.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -119,6 +119,7 @@ def sweep(run, stream: Stream, plan: Plan, *, factory: Callable[[registry.Arm], 
     make = factory or (lambda a: a.impl)
     jobs = {label: learner_job(stream, make(a), cfg, run.device, label, progress) for label, (a, cfg) in cfgs.items()}
     res = run_sweep(run, jobs, keep_models=keep_models, progress=progress)
+    guard_tasks(run, res)
     if note:
         note_jobs(run, res)
     return res
@@ -127,6 +128,21 @@ def sweep(run, stream: Stream, plan: Plan, *, factory: Callable[[registry.Arm], 
 def note_jobs(run, res: SweepResult) -> None:
     """Add the sweep's jobs (metrics, cost, extras; no models) to the record's notes."""
     run.note(jobs=run.notes.get("jobs", []) + res.jsonable())
+
+
+def untrained_tasks(A: Sequence[Sequence[float]]) -> list[int]:
+    """Tasks t with A[t][t] = 0: nothing of task t was learned even right after training on it."""
+    return [t for t, row in enumerate(A) if t < len(row) and row[t] == 0.0]
+
+
+def guard_tasks(run, res: SweepResult) -> None:
+    """Flag every arm that scored 0% on a task right after learning it (a guard of the verdict
+    rule: such an arm learned nothing there, so a comparison with it says nothing)."""
+    for j in res.jobs:
+        bad = untrained_tasks((j.get("extra") or {}).get("A") or [])
+        if bad:
+            run.flag(f"arm {j['arm']} scored 0% on task {bad[0]} right after learning it (seed {j['seed']})",
+                     arm=j["arm"])
 
 
 # --------------------------------------------------------------------------- chapter 10 (nmc)
@@ -196,6 +212,7 @@ def nmc_sweep(run, stream: Stream, backbone: Any, progress: bool = True) -> Swee
         else:
             jobs[label] = learner_job(stream, nmc.pretrained(a.impl, backbone), cfg, run.device, label, progress)
     res = run_sweep(run, jobs, progress=progress)
+    guard_tasks(run, res)
     note_jobs(run, res)
     return res
 
@@ -351,4 +368,6 @@ def gtep_log(run, rows: list[dict[str, Any]], algorithms: list[str]) -> dict[int
     per = gtep.seed_metrics(rows, algorithms)
     for s, v in per.items():
         run.log(s, **{k: x for k, x in v.items() if np.isfinite(x)})
+    for key, why in gtep.same_choice_flags(rows, algorithms).items():
+        run.flag(why, claim=key)
     return per

@@ -301,6 +301,23 @@ def seed_metrics(rows: Sequence[Mapping[str, Any]], algorithms: Sequence[str]) -
     return out
 
 
+def same_choice_flags(rows: Sequence[Mapping[str, Any]], algorithms: Sequence[str]) -> dict[str, str]:
+    """Guards for the claims whose value is fixed by the design, not estimated: where both
+    protocols pick the same configuration, that algorithm's gap is 0 in every seed (and the
+    ranking cannot change). Claim metric → reason."""
+    table = protocol_table(rows, algorithms, "aia")
+    same = [m for m in algorithms if table[m]["gtep_config"] == table[m]["usual_config"]]
+    why = {m: f"both protocols pick configuration {table[m]['gtep_config']} for {m}: its gap is 0 by construction"
+           for m in same}
+    out = {f"gap_{m}": why[m] for m in same}
+    if same and len(same) == len(algorithms):
+        out["gap_mean"] = out["rank_swaps"] = "both protocols pick the same configuration for every algorithm"
+    a, b = ADVANTAGE_PAIR
+    if a in same and b in same:
+        out[f"advantage_shrink_{a}_over_{b}"] = f"{why[a]}; {why[b]}"
+    return out
+
+
 def chosen_results(rows: Sequence[Mapping[str, Any]], algorithms: Sequence[str]) -> list[dict[str, Any]]:
     """The evaluation-stream runs of each algorithm's two-phase choice H*, one per seed, as the
     family's figures read jobs (arm, seed, extra with A and acc_after)."""
