@@ -225,6 +225,22 @@ class Run:
         self.figures[name] = path.relative_to(self.folder).as_posix()
         return path
 
+    def tier_changes(self) -> list[tuple[str, Any, Any]]:
+        """(parameter, paper value, this run's value) for every parameter the tier or the
+        caller changed from the paper's settings."""
+        d = self.spec.defaults
+        return [(k, d[k], v) for k, v in self.params.items() if k not in ("tier", "device") and v != d.get(k)]
+
+    def tier_table(self) -> str:
+        """``tier_changes`` as a small Markdown table (shown under the collapsed parameters)."""
+        from .tables import markdown_table
+
+        rows = [[f"`{k}`", f"`{p!r}`", f"`{v!r}`"] for k, p, v in self.tier_changes()]
+        if not rows:
+            return f"Tier **{self.tier}** runs the paper's settings unchanged."
+        return (f"Tier **{self.tier}** changes {len(rows)} of the paper's settings:\n\n"
+                + markdown_table(["parameter", "paper", f"this run ({self.tier})"], rows))
+
     # -- power --------------------------------------------------------------------------
     def power_rows(self) -> list[dict[str, Any]]:
         """Before training: per claim, the smallest effect this tier can detect (95%, 80%
@@ -261,6 +277,9 @@ class Run:
         for r in self.power_rows():
             if not r["judged"]:
                 lines.append(f"  {r['claim']}: not judged at this tier")
+                continue
+            if r["floor_only"] and not r["test_var"]:
+                lines.append(f"  {r['claim']}: unknown until a run shows the spread over seeds")
                 continue
             mde = "—" if r["mde"] is None else (f"{'≥ ' if r['floor_only'] else ''}{r['mde']:.2f} {r['unit']}")
             src = " (test-set error only; spread over seeds unknown)" if r["floor_only"] and r["mde"] else ""
@@ -356,6 +375,8 @@ class Run:
             "environment": self.env,
             "data": self.data_info,
             "notes": self.notes,
+            # choices made after seeing results, and discarded runs ([paper] decisions)
+            "decisions": list(self.spec.info.get("decisions", [])),
             "started": self.started,
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -382,10 +403,13 @@ class Run:
     def report(self):
         """Display the claim table in a notebook (Markdown), or return it as text."""
         rec = self.record or self.finish()
+        decisions = "".join(f"\n- {d}" for d in rec.get("decisions", []))
         text = self.claims_table() + (
             f"\n\nTier **{self.tier}**, seeds {self.seeds}, wall {rec['cost']['wall_s']} s "
             f"on {rec['cost']['device']}; run `{self.run_id}` "
             f"(repro {__version__}, commit {self.env['git_commit']}{'+dirty' if self.env['git_dirty'] else ''}).")
+        if decisions:
+            text += "\n\n**Choices made after seeing results, and discarded runs:**" + decisions
         try:
             from IPython.display import Markdown
             return Markdown(text)
@@ -471,6 +495,22 @@ def start(slug: str, ns: dict[str, Any]) -> Run:
     print(f"{spec.name} · tier {params['tier']} · device {run.env['device_name']} · seeds {seeds} · "
           f"overrides: {set_} · repro {__version__} ({run.env['git_commit']}) · run id {run.run_id}"
           + (" · DRY RUN" if run.dry else ""))
+    _show_markdown(run.tier_table())
     if params["tier"] != "smoke" and not run.dry:
         print(run.power_text())
     return run
+
+
+def _show_markdown(text: str) -> None:
+    """Display Markdown in a notebook kernel; print it elsewhere."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+    except ImportError:  # pragma: no cover
+        print(text)
+        return
+    ip = get_ipython()
+    if ip is not None and getattr(ip, "kernel", None) is not None:
+        display(Markdown(text))
+    else:
+        print(text)
