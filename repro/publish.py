@@ -90,9 +90,25 @@ def book_tier(name: str, default: str = DEFAULT_BOOK_TIER) -> str:
 
 
 def stamp_notebook(path: Path, run_id: str, tier: str, overrides: dict[str, Any]) -> None:
-    """Write the run's id, tier and overrides into an executed notebook's metadata."""
+    """Write the run's id, tier and overrides into an executed notebook's metadata, and, when
+    the run's record is beside it (``NN-slug.TIER.json`` in the same run folder), what the
+    book adds to a chapter: the verdict box under the title, collapsed parameter cells and
+    figure captions with alt text (:func:`repro.book.chapter.refresh_chapter`)."""
+    from .book.chapter import refresh_chapter
+
+    path = Path(path)
     nb = json.loads(path.read_text(encoding="utf-8"))
     nb.setdefault("metadata", {})["repro"] = {"run_id": run_id, "tier": tier, "overrides": overrides}
+    record = None
+    for cand in sorted(path.parent.glob(f"*.{tier}.json")):
+        try:
+            rec = read_record(cand)
+        except RecordError:
+            continue
+        if rec.get("run_id") == run_id and rec.get("status") == "complete":
+            record = {**rec, "_file": cand.name}
+            break
+    refresh_chapter(nb, record, path.parent)
     atomic_write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 

@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# Create .venv with repro and all its extras. Idempotent: re-running only fills gaps.
+# Create .venv with repro and all its extras. Idempotent: re-running only fills gaps, and
+# returns at once when .venv was set up from the current pyproject.toml, environment.yml and
+# constraints.txt (their hash is stamped into .venv/.repro-setup).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+STAMP=.venv/.repro-setup
+want=$(cat pyproject.toml environment.yml constraints.txt 2>/dev/null | { sha256sum 2>/dev/null || shasum -a 256; } | cut -d' ' -f1)
+if [ -x .venv/bin/python ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  exit 0
+fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
@@ -10,3 +17,4 @@ if ! .venv/bin/python -c "import repro, timm, papermill, jupyter_book, nbval" 2>
   .venv/bin/pip install -q -c constraints.txt -e '.[all]' 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import repro, timm, papermill, jupyter_book, nbval"
 fi
+echo "$want" > "$STAMP"

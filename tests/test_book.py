@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -39,21 +40,28 @@ def fake_spec(number: int, slug: str, family: str = "distillation") -> PaperSpec
 
 def fake_record(spec: PaperSpec, tier: str, delta: list[float], status: str = "complete",
                 run_id: str | None = None) -> dict:
-    """A record shaped like ``repro.run.Run.finish`` writes (schema 2), judged by the real rule."""
-    from repro.metrics import mean_ci
-
+    """A record shaped like ``repro.run.Run.finish`` writes (schema 3), judged by the real rule."""
     top1 = [60.0 + i for i in range(len(delta))]
     metrics = {}
     for name, vals in (("delta_top1", delta), ("top1", top1)):
-        metrics[name] = {"per_seed": {str(i): v for i, v in enumerate(vals)}, **mean_ci(vals)}
+        iv = verdicts.interval(vals)
+        metrics[name] = {"per_seed": {str(i): v for i, v in enumerate(vals)},
+                         **{k: iv[k] for k in ("mean", "std", "ci_low", "ci_high", "n")}}
     claims = []
     for c in spec.claims:
-        ours = {k: metrics[c.metric][k] for k in ("mean", "std", "ci_low", "ci_high", "n")}
-        v, reason = verdicts.judge(c, ours, tier) if status == "complete" else (None, "dry run")
-        claims.append({**c.__dict__, "ours": ours, "difference": ours["mean"] - c.paper_value,
-                       "verdict": v, "reason": reason})
+        iv = verdicts.interval(list(metrics[c.metric]["per_seed"].values()))
+        ours = {k: iv[k] for k in ("mean", "std", "ci_low", "ci_high", "n")}
+        ev = verdicts.Evidence(dict(metrics[c.metric]["per_seed"]))
+        v, reason = verdicts.judge(c, ev, tier) if status == "complete" else (None, "dry run")
+        comp = verdicts.comparable(c, tier)
+        claims.append({**c.__dict__, "tiers": list(c.tiers), "comparable": comp,
+                       "comparable_tiers": list(c.comparable), "key": c.key, "ours": ours,
+                       "difference": ours["mean"] - c.paper_value if comp else None,
+                       "verdict": v, "reason": reason, "evidence": {"test_var": 0.0, "flags": []},
+                       "mde": verdicts.smallest_detectable(iv["std"], 0.0, iv["n"]),
+                       "seeds_needed": verdicts.seeds_needed(c.paper_value, iv["std"], 0.0)})
     return {
-        "schema": 2, "run_id": run_id or f"run-{spec.slug}-{tier}",
+        "schema": 3, "run_id": run_id or f"run-{spec.slug}-{tier}",
         "paper": {"number": spec.number, "slug": spec.slug, "name": spec.name, "title": spec.title,
                   "family": spec.family},
         "tier": tier, "status": status, "params": {"tier": tier}, "overrides": {},
@@ -164,36 +172,54 @@ def test_best_record_prefers_the_largest_tier_and_never_smoke(project):
 
 
 # -- results page ------------------------------------------------------------------------
-def _table_rows(md: str) -> list[list[str]]:
-    """Body rows of the results table (between the ':::{table}' fence and its end)."""
-    block = md.split(":::{table}", 1)[1].split("\n:::", 1)[0]
-    lines = [ln for ln in block.splitlines() if ln.startswith("|")][2:]
-    return [[c.strip() for c in re.split(r"(?<!\\)\|", ln)[1:-1]] for ln in lines]
+def _tables(md: str) -> dict[str, list[list[str]]]:
+    """Body rows of every ':::{table}' block of a page, by the block's :name:."""
+    out = {}
+    for block in md.split(":::{table}")[1:]:
+        block = block.split("\n:::", 1)[0]
+        name = re.search(r"^:name: (\S+)", block, re.M).group(1)
+        lines = [ln for ln in block.splitlines() if ln.startswith("|")][2:]
+        out[name] = [[c.strip() for c in re.split(r"(?<!\\)\|", ln)[1:-1]] for ln in lines]
+    return out
 
 
-def test_write_results_one_row_per_claim_without_smoke(project):
+def _paper(cell_text: str) -> str:
+    m = re.match(r"\{doc\}`(\S+) <", cell_text)
+    return m.group(1) if m else cell_text
+
+
+def test_write_results_summary_then_claims_by_family(project):
     root, specs = project
     path = book.write_results(None, specs)
     assert path == root / "book" / "results.md"
     md = path.read_text()
-    rows = _table_rows(md)
-    assert len(rows) == 2                                  # the two claims of 01-alpha's cpu record
-    header = ["paper", "claim", "metric", "paper value", "ours", "difference", "verdict", "tier",
-              "seeds", "cost"]
-    assert all(len(r) == len(header) for r in rows)
-    effect, absolute = rows
-    assert effect[0] == "{doc}`01-alpha <chapters/01-alpha>`"     # a chapter exists: linked
-    assert effect[1].startswith("alpha beats the baseline")
-    assert effect[2] == "`delta_top1`"
-    assert effect[3] == "+1.5 pts"
+    tables = _tables(md)
+    assert md.index(":name: results-summary") < md.index("## Claims by family") < md.index(":name: results-distillation")
+    # verdict counts per tier: one cpu paper with two claims
+    [tier_row] = tables["results-tiers"]
+    assert tier_row[:2] == ["cpu", "1"] and tier_row[3] == "2"
+    assert tier_row[2] == '<span class="verdict verdict-reproduced">reproduced</span> 1'
+    assert "budget-limited</span> 1" in tier_row[4]
+    # the summary: one row per paper, from its headline claim
+    [summary] = tables["results-summary"]
+    assert len(summary) == len(book.results.SUMMARY_HEADER)
+    assert summary[0] == "{doc}`01-alpha <chapters/01-alpha>`"            # a chapter exists: linked
+    assert summary[1] == '<span title="alpha beats the baseline">alpha beats the baseline</span>'
+    assert summary[2] == '<span class="verdict verdict-reproduced">reproduced</span>'
+    assert summary[3:5] == ["cpu", "3"]
+    mde = verdicts.smallest_detectable(float(np.std([0.8, 1.1, 0.9], ddof=1)), 0.0, 3)
+    assert summary[5].startswith(f"{mde:.2f} pts")
+    # every claim, grouped by family
+    effect, absolute = tables["results-distillation"]
+    assert len(effect) == len(book.results.CLAIM_HEADER)
+    assert effect[1].startswith("alpha beats the baseline<br><small>95% CI")
+    assert effect[2] == "`delta_top1`" and effect[3] == "+1.5 pts"
     assert effect[4].startswith("+0.93 ± 0.15<br><small>[")
-    assert effect[5] == "-0.57"
-    assert effect[6] == '<span class="verdict verdict-reproduced">reproduced</span>'
-    assert effect[7:9] == ["cpu", "3"]
-    assert "123 s" in effect[9] and "4,000 img/s" in effect[9]
-    assert absolute[6] == '<span class="verdict verdict-budget-limited">budget-limited</span>'
+    assert effect[5] == "—"                      # the cpu tier is not comparable: no difference vs paper
+    assert effect[7] == '<span class="verdict verdict-reproduced">reproduced</span>' and effect[8] == "3"
+    assert absolute[7] == '<span class="verdict verdict-budget-limited">budget-limited</span>'
     # Smoke records never show: not their values, nor beta's only (smoke) record.
-    assert "-5.50" not in md and "smoke" not in "".join(r[7] for r in rows)
+    assert "-5.50" not in md and [_paper(r[0]) for r in tables["results-summary"]] == ["01-alpha"]
     missing = md.split("## Papers without a record yet", 1)[1].split("\n## ", 1)[0]
     assert "02-beta" in missing and "03-gamma" in missing and "not yet run" in missing
     assert "01-alpha" not in missing
@@ -204,7 +230,174 @@ def test_write_results_one_row_per_claim_without_smoke(project):
     assert [(r["paper"], r["claim_id"], r["tier"], r["verdict"]) for r in csv_rows] == [
         ("01-alpha", "main", "cpu", "reproduced"), ("01-alpha", "abs", "cpu", "budget-limited")]
     assert float(csv_rows[0]["ours_mean"]) == pytest.approx(0.9333, abs=1e-3)
-    assert csv_rows[0]["record"] == "results/01-alpha.cpu.json"
+    assert csv_rows[0]["record"] == "results/01-alpha.cpu.json" and csv_rows[0]["difference"] == ""
+    assert float(csv_rows[0]["mde"]) == pytest.approx(mde) and csv_rows[0]["synthesis"] == "False"
+
+
+def test_results_count_tiers_and_synthesis_apart_and_compare_only_comparable_settings(project):
+    root, specs = project
+    synth = PaperSpec(number=42, slug="compare", title="Alpha and gamma compared", family="distillation",
+                      info={"synthesis": True}, params={}, tiers={}, claims=fake_spec(42, "compare").claims)
+    specs = [*specs, synth]
+    write_record(root, fake_record(specs[2], "paper", [1.2, 1.6, 1.4]))        # gamma at the paper tier
+    write_record(root, fake_record(synth, "cpu", [-0.5, -0.7, -0.6]))
+    fake_chapter(root, specs[2].name, "run-gamma-paper", "paper")
+    fake_chapter(root, synth.name, "run-compare-cpu")
+    md = book.write_results(None, specs).read_text()
+    tables = _tables(md)
+    assert "**2 papers with a record (4 claims)**, and 1 synthesis chapter" in md
+    assert [r[:2] for r in tables["results-tiers"]] == [["paper", "1"], ["cpu", "1"]]
+    assert [_paper(r[0]) for r in tables["results-summary"]] == ["01-alpha", "03-gamma"]
+    [srow] = tables["results-synthesis"]
+    assert _paper(srow[0]) == "42-compare" and srow[2] == '<span class="verdict verdict-not-reproduced">not reproduced</span>'
+    gamma = [r for r in tables["results-distillation"] if "03-gamma" in r[0]]
+    assert [r[5] for r in gamma] == ["-0.10", "-9.00"]   # the paper tier is comparable: ours − paper
+    assert all(r[5] == "—" for r in tables["results-distillation"] if "01-alpha" in r[0])
+
+
+def test_shorten_keeps_the_claim_and_drops_its_parenthesis():
+    shorten = book.results.shorten
+    assert shorten("LB+RA ends as accurate as SB (final test top-1, RA − SB)") == "LB+RA ends as accurate as SB"
+    long = "word " * 40
+    assert shorten(long).endswith("…") and len(shorten(long)) <= 91
+
+
+def test_schema_1_records_still_render(project):
+    root, specs = project
+    old = json.loads((root / "results" / "01-alpha.cpu.json").read_text())
+    old["schema"] = 1
+    for k in ("run_id", "overrides", "rows"):
+        old.pop(k)
+    for c in old["claims"]:
+        for k in ("mde", "seeds_needed", "comparable", "margin", "evidence"):
+            c.pop(k, None)
+    write_record(root, old)
+    tables = _tables(book.write_results(None, specs).read_text())
+    [summary] = tables["results-summary"]
+    assert summary[5] == "—" and all(r[5] == "—" and r[6] == "—" for r in tables["results-distillation"])
+
+
+# -- the chapter's verdict box, collapsed cells, figure captions -------------------------
+def _nb(*cells: dict) -> dict:
+    return {"cells": list(cells), "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def _md(text: str) -> dict:
+    return {"cell_type": "markdown", "metadata": {}, "source": text}
+
+
+def _code(text: str, tags=(), outputs=()) -> dict:
+    return {"cell_type": "code", "metadata": {"tags": list(tags)}, "source": text, "outputs": list(outputs),
+            "execution_count": 1}
+
+
+def test_verdict_box_says_verdict_reason_tier_seeds_and_run(project):
+    rec = fake_record(fake_spec(1, "alpha"), "cpu", [0.8, 1.1, 0.9])
+    box = book.verdict_box(rec)
+    assert box.startswith('<div class="verdict-box" data-verdict="reproduced">')
+    assert '<span class="verdict verdict-reproduced">reproduced</span>' in box
+    reason = rec["claims"][0]["reason"]
+    assert reason[:1].upper() + reason[1:] + "." in box.replace("&gt;", ">")
+    assert "tier <b>cpu</b> · 3 seeds · run <code>run-alpha-cpu</code>" in box
+    assert "<code>results/01-alpha.cpu.json</code>" in box and 'href="../protocol.html#verdict-rule"' in box
+    bad = {**rec, "_audit": records.Audit(integrity=["its figures come from another run"])}
+    assert 'data-verdict="unverified"' in book.verdict_box(bad)
+    assert "This record fails its audit: its figures come from another run." in book.verdict_box(bad)
+
+
+def test_refresh_chapter_inserts_the_box_collapses_parameters_and_captions_figures(tmp_path):
+    rec = fake_record(fake_spec(1, "alpha"), "cpu", [0.8, 1.1, 0.9])
+    rec["figures"] = {"top1_by_arm": "figures/01-alpha/cpu/top1_by_arm.png"}
+    side = tmp_path / "figures" / "01-alpha" / "cpu" / "top1_by_arm.json"
+    side.parent.mkdir(parents=True)
+    side.write_text(json.dumps({"title": "Top-1 by arm", "setting": "01-alpha · tier cpu · seeds 0,1,2",
+                                "alt": "Bars of top-1 (%) for CE and KD."}))
+    png = {"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBOR", "text/plain": "<Figure>"}}
+    table = {"output_type": "display_data", "metadata": {},
+             "data": {"text/markdown": "| claim | verdict |\n| --- | --- |\n| a | **reproduced** |\n| b | **inconclusive** |"}}
+    nb = _nb(_md("# 01 · Alpha\n\nThe claim."), _code('tier = "paper"', ["parameters"]),
+             _code('tier = "cpu"', ["injected-parameters"]), _md("## Evidence\n\nTop-1 per **arm**, $x$."),
+             _code('run.figure(fig, "top1_by_arm", data)\nplt.show()', outputs=[png]),
+             _code("run.report()", outputs=[table]))
+    book.refresh_chapter(nb, rec, tmp_path)
+    cells = nb["cells"]
+    assert cells[1]["metadata"]["tags"] == ["verdict-box"] and cells[1]["source"] == book.verdict_box(rec)
+    assert cells[2]["metadata"]["tags"] == ["parameters", "hide-cell"]
+    assert cells[3]["metadata"]["tags"] == ["injected-parameters", "hide-cell"]
+    assert cells[5]["metadata"]["mystnb"] == {
+        "figure": {"caption": "Top-1 by arm. 01-alpha · tier cpu · seeds 0,1,2", "name": "fig-01-alpha-top1-by-arm"},
+        "image": {"alt": "Bars of top-1 (%) for CE and KD."}}
+    md = cells[6]["outputs"][0]["data"]["text/markdown"]
+    assert '| <span class="verdict verdict-reproduced">reproduced</span> |' in md
+    assert '| <span class="verdict verdict-inconclusive">inconclusive</span> |' in md
+    # idempotent, and refreshed from a changed record
+    again = json.loads(json.dumps(nb))
+    book.refresh_chapter(again, rec, tmp_path)
+    assert again == nb
+    rec2 = fake_record(fake_spec(1, "alpha"), "cpu", [-0.8, -1.1, -0.9], run_id="run-2")
+    rec2["figures"] = rec["figures"]
+    book.refresh_chapter(again, rec2, tmp_path)
+    boxes = [c for c in again["cells"] if "verdict-box" in c["metadata"].get("tags", [])]
+    assert len(boxes) == 1 and 'data-verdict="not reproduced"' in boxes[0]["source"] and "run-2" in boxes[0]["source"]
+    assert again["cells"][2]["metadata"]["tags"].count("hide-cell") == 1
+
+
+def test_refresh_chapter_without_sidecar_captions_from_the_prose(tmp_path):
+    rec = fake_record(fake_spec(1, "alpha"), "cpu", [0.8, 1.1, 0.9])
+    rec["figures"] = {"curves": "figures/01-alpha/cpu/curves.png"}
+    png = {"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBOR"}}
+    nb = _nb(_md("# Alpha"), _md("Test accuracy per epoch, one line per arm. More text."),
+             _code('run.figure(fig, "curves")', outputs=[png]))
+    book.refresh_chapter(nb, rec, tmp_path)
+    meta = nb["cells"][3]["metadata"]["mystnb"]
+    assert meta["figure"]["caption"] == "Curves"
+    assert meta["image"]["alt"] == "Figure: Curves. Test accuracy per epoch, one line per arm. More text."
+
+
+def test_stored_chapters_are_refreshed_and_current():
+    """Every stored chapter carries the box and the collapsed parameters (``repro book``
+    refreshes them; a refresh from the current records changes nothing more)."""
+    for path in sorted((PROJECT / "book" / "chapters").glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        tags = [c["metadata"].get("tags", []) for c in nb["cells"]]
+        assert sum("verdict-box" in t for t in tags) == 1, path.name
+        assert all("hide-cell" in t for t in tags if "parameters" in t or "injected-parameters" in t), path.name
+
+
+def test_stamping_a_run_adds_the_box_from_the_record_beside_the_notebook(tmp_path):
+    from repro.publish import stamp_notebook
+
+    rec = fake_record(fake_spec(1, "alpha"), "cpu", [0.8, 1.1, 0.9], run_id="r-42")
+    (tmp_path / "01-alpha.cpu.json").write_text(json.dumps(rec))
+    path = tmp_path / "01-alpha.ipynb"
+    path.write_text(json.dumps(_nb(_md("# Alpha"), _code('tier = "paper"', ["parameters"]))))
+    stamp_notebook(path, "r-42", "cpu", {})
+    nb = json.loads(path.read_text())
+    assert nb["metadata"]["repro"] == {"run_id": "r-42", "tier": "cpu", "overrides": {}}
+    assert nb["cells"][1]["metadata"]["tags"] == ["verdict-box"] and "run <code>r-42</code>" in nb["cells"][1]["source"]
+    assert nb["cells"][2]["metadata"]["tags"] == ["parameters", "hide-cell"]
+
+
+# -- the catalogue and the intro's list of papers ----------------------------------------
+def test_catalog_lists_the_41_papers():
+    cat = book.load_catalog()
+    assert [e.number for e in cat] == list(range(1, 42))
+    assert len({e.slug for e in cat}) == 41 and all(e.title and e.family for e in cat)
+    ghost = cat[40]
+    assert (ghost.name, ghost.family) == ("41-ghostbn", "training")
+    assert ghost.title.startswith("Train longer, generalize better")
+
+
+def test_paper_list_marks_chapters_with_verdicts_and_planned_papers(project):
+    root, specs = project
+    text = book.results.paper_list(records.audited(root / "results", root / "book" / "chapters").records, specs)
+    rows = [ln for ln in text.splitlines() if re.match(r"\| \d+ \|", ln)]
+    assert len(rows) == 41
+    first = rows[0]          # catalogue paper 1 is 01-oca: neither a fake chapter nor a record here
+    assert first.startswith("| 1 | Backward-Compatible") and first.endswith("| planned |")
+    text_real = (PROJECT / "book" / "_generated" / "papers.md").read_text()
+    assert "planned" in text_real and "chapter (<span class=\"verdict" in text_real
+    assert "```{include} _generated/papers.md" in (PROJECT / "book" / "intro.md").read_text()
 
 
 def test_write_results_without_records_and_with_bench(tmp_path, monkeypatch):
@@ -268,12 +461,33 @@ def _squash(text: str) -> str:
 
 
 def test_protocol_prints_the_verdict_rule_the_code_applies():
-    rule = verdicts.__doc__.split("\n", 1)[1].strip()        # after the one-line summary
-    protocol = _squash((PROJECT / "book" / "protocol.md").read_text())
-    paragraphs = [p for p in re.split(r"\n\s*\n|\n(?=\* )", rule) if p.strip()]
-    assert len(paragraphs) >= 6
-    for p in paragraphs:
-        assert _squash(p) in protocol, f"protocol.md does not print this part of the rule:\n{p}"
+    """The Protocol page includes the rule from one source, repro.verdicts.RULE_MARKDOWN,
+    through the file ``repro book`` generates; it holds no hand-written copy."""
+    protocol = (PROJECT / "book" / "protocol.md").read_text()
+    assert "```{include} _generated/verdict-rule.md" in protocol
+    generated = (PROJECT / "book" / "_generated" / "verdict-rule.md").read_text()
+    assert generated.endswith(book.rule_markdown())
+    rule = getattr(verdicts, "RULE_MARKDOWN", None) or verdicts.__doc__.split("\n", 1)[1]
+    assert _squash(rule) in _squash(generated)
+    assert "*partly* — m is on the claimed side" not in protocol      # the old hand-written copy is gone
+
+
+def test_generated_rule_follows_the_code(project, monkeypatch):
+    monkeypatch.setattr(verdicts, "RULE_MARKDOWN", "A rule.\n\n| verdict | meaning |\n| --- | --- |\n", raising=False)
+    root, specs = project
+    book.write_results(None, specs)
+    assert (root / "book" / "_generated" / "verdict-rule.md").read_text().endswith(
+        "A rule.\n\n| verdict | meaning |\n| --- | --- |\n")
+
+
+def test_css_keeps_wide_content_inside_the_page():
+    css = (PROJECT / "book" / "_static" / "verdicts.css").read_text()
+    assert re.search(r"\.pst-scrollable-table-container[^{]*\{[^}]*overflow-x: auto", css)
+    assert re.search(r"mjx-container\[display=\"true\"\][^{]*\{[^}]*overflow-x: auto", css)
+    assert ".verdict-box {" in css
+    config = yaml.safe_load((PROJECT / "_config.yml").read_text())["sphinx"]["config"]
+    assert config["html_theme_options"]["navbar_persistent"] == []   # one search field: the sidebar's
+    assert config["numfig"] is True
 
 
 def test_intro_tiers_table_matches_repro_tiers():

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..io import atomic_write_text
 from ..paths import BOOK_ENV, RESULTS_ENV, book_dir
+from .chapter import refresh_chapters
 from .results import _specs, chapter_path, write_results
 
 MATHJAX = Path("book/_static/mathjax/tex-svg.js")
@@ -103,7 +104,9 @@ def _jupyter_book_cmd() -> list[str]:
 
 def build(root: Path, builder: str = "html", specs: Sequence[Any] | None = None,
           strict: bool = False) -> Path:
-    """Build the book: local MathJax, results page, toc, then ``jupyter-book build``.
+    """Build the book: local MathJax, results page (and the pieces the intro and protocol
+    include), toc, the stored chapters refreshed from their records
+    (:func:`repro.book.chapter.refresh_chapters`), then ``jupyter-book build``.
 
     Notebooks are not executed (``execute_notebooks: "off"``). strict: turn Sphinx warnings
     into errors. The log is kept in ``_build/build.log``; on failure a RuntimeError carries
@@ -119,6 +122,7 @@ def build(root: Path, builder: str = "html", specs: Sequence[Any] | None = None,
     try:  # the pages of the book at ``root``, from the records beside it
         write_results(root, specs)
         write_toc(root, specs)
+        refresh_chapters(specs)  # verdict boxes, collapsed parameters, figure captions
     finally:
         for k, v in saved.items():
             if v is None:
