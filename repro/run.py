@@ -202,8 +202,9 @@ class Run:
     @property
     def chance_pct(self) -> float | None:
         """Top-1 of guessing, in percent, on the run's data (None before ``run.data``)."""
-        classes = self.data_info.get("classes")
-        return 100.0 / len(classes) if classes else None
+        classes = self.data_info.get("classes")  # the class list, or the count asked for
+        n = classes if isinstance(classes, int) else len(classes or ())
+        return 100.0 / n if n else None
 
     def flag(self, reason: str, arm: str | None = None, claim: str | None = None) -> None:
         """Mark the claims that rest on ``arm`` (or the claim with key ``claim``; neither:

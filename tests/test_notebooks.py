@@ -87,7 +87,7 @@ def test_notebook_runs_at_smoke_tier(path, tmp_path, notebook_data_env, monkeypa
     # A timing is a benchmark figure, not a test: it goes to the report printed at the end.
     smoke_seconds[path.stem] = time.time() - t0
     rec = run_record(tmp_path / "runs", path.stem, "smoke")
-    assert rec["tier"] == "smoke" and rec["status"] == "complete" and rec["schema"] == 2
+    assert rec["tier"] == "smoke" and rec["status"] == "complete" and rec["schema"] == 3
     assert all(c["ours"] is not None for c in rec["claims"]), "every claim's metric must be logged"
     assert rec["figures"], "the chapter saved no figure"
     nb = json.loads((tmp_path / "out.ipynb").read_text())

@@ -204,7 +204,7 @@ def test_list_reports_bad_records_by_name_and_fails(tmp_path, monkeypatch, capsy
     (tmp_path / "36-hardbatch.cpu.json").write_text('{"schema": 2, "paper"')
     assert main(["list"]) == 1
     out, err = capsys.readouterr()
-    assert "35-msdropout.cpu.json: schema 2 record lacks 'verdict'" in err
+    assert "35-msdropout.cpu.json: schema 3 record lacks 'verdict'" in err
     assert "36-hardbatch.cpu.json: not valid JSON" in err and "Traceback" not in err
     assert "36-hardbatch" in out                 # the paper is still listed
     assert main(["results"]) == 1
