@@ -144,6 +144,8 @@ def bar_with_errors(values: Mapping[str, Sequence[float]], ylabel: str, setting:
     ax.grid(axis="x", visible=False)
     if ylim is not None:
         ax.set_ylim(*ylim)
+        if ylim[0] != 0:  # a bar axis that does not start at 0 says so
+            ax.set_ylabel(f"{ylabel} (axis starts at {ylim[0]:g})")
     if title:
         ax.set_title(title)
     annotate_setting(fig, setting)
