@@ -24,7 +24,7 @@ EPILOG = """examples:
   repro book                                   build the HTML book into _build/html
   repro data unpack ../shared/data             assemble the project's verified CIFAR-100 copy
   repro data download                          fetch the official archive (needs network)
-  repro bench                                  training images/s of ResNet-18/20 and a ViT here
+  repro bench                                  training images/s in fp32 and bf16 (± channels_last) here
   repro run pld --tier gpu --dry-run           check that the gpu tier runs, one step per fit
   repro teachers                               stored distillation teachers
 """
@@ -333,11 +333,12 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench
+    from .bench import bench, format_table
 
-    for row in bench(args.models, steps=args.steps, batch_size=args.batch_size, device=args.device):
-        print(f"{row['model']:<14} {row['device_name']:<40} bs {row['batch_size']:<4} "
-              f"{row['dtype']:<5} {row['images_per_s']:>10,.0f} img/s")
+    rows = bench(args.models, steps=args.steps, batch_size=args.batch_size, device=args.device,
+                 repeats=args.repeats,
+                 min_seconds=args.min_seconds if args.min_seconds is not None else 0.0 if args.steps else 2.0)
+    print(format_table(rows))
     return 0
 
 
@@ -404,10 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("source", nargs="?", help="for unpack: folder with cifar-100-python.tar.xz.part0..3")
     s.add_argument("--root", help="data folder (default $REPRO_DATA or ~/.cache/repro/data)")
     s.set_defaults(func=cmd_data)
-    s = sub.add_parser("bench", help="training images/s of ResNet-18, ResNet-20 and a ViT on this device (recorded)")
-    s.add_argument("--models", nargs="+", default=["resnet18", "resnet20", "vit_tiny_p4"])
+    s = sub.add_parser("bench", help="training images/s of small CNNs, ResNets and a ViT on this device in fp32 "
+                       "and bf16 autocast, each with and without channels_last (recorded in results/bench.json)")
+    s.add_argument("--models", nargs="+", default=["cnn3", "resnet20", "resnet18", "vit_tiny_p4"])
     s.add_argument("--steps", type=int, default=None, help="timed steps per model (default: 5 on CPU, 50 on GPU)")
     s.add_argument("--batch-size", type=int, default=None, help="default: 128 on CPU, 512 on GPU")
+    s.add_argument("--min-seconds", type=float, default=None,
+                   help="each timed run lasts at least this long in the fastest precision: more steps for small "
+                        "models (default: 2, or 0 when --steps is given)")
+    s.add_argument("--repeats", type=int, default=3,
+                   help="timed runs per precision, in turns; the fastest is kept (a shared machine only slows runs down)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_bench)
     s = sub.add_parser("teachers", help="stored distillation teachers (committed and cached), with accuracy and size")

@@ -12,18 +12,24 @@ saved, so a resumed run on the same device follows the uninterrupted one exactly
 ``fit`` reports its cost (training seconds and images) in the ``FitResult`` it returns and
 adds it to :data:`COST`, which a run reads for its record: nothing here knows about runs.
 
-On CUDA the loop uses bf16 autocast and channels_last; on CPU it stays fp32/NCHW unless the
-config asks for bf16 on the CPU (``cpu_bf16``).
+Precision: ``TrainConfig.bf16`` and ``channels_last`` (both on by default) let a job use bf16
+autocast and channels_last memory. CUDA always follows them; the CPU follows them only when the
+process-wide switch ``REPRO_CPU_PRECISION=bf16`` is set (:func:`repro.modes.cpu_precision`),
+and otherwise stays fp32/NCHW. :func:`precision` is the one place that decides, for ``fit`` and
+``predict`` alike. Under autocast the trained model's outputs are cast back to float32, so
+losses and metrics are computed in fp32. A CPU-bf16 job checkpoints to its own file, so jobs
+never resume across precisions.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,8 +41,7 @@ import torch.nn.functional as F
 from .data.loader import TensorLoader
 from .errors import Interrupted
 from .io import save_torch
-from .modes import DRY_RUN_ENV, FRESH_ENV, dry_run, fresh  # noqa: F401  (re-exported)
-
+from .modes import CPU_PRECISION_ENV, DRY_RUN_ENV, FRESH_ENV, cpu_precision, dry_run, fresh  # noqa: F401
 
 
 @dataclass
@@ -79,8 +84,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     ema_decay: float | None = None    # keep an exponential moving average of the weights
-    bf16: bool = True                 # CUDA only
-    channels_last: bool = True        # CUDA only
+    bf16: bool = True                 # bf16 autocast: on CUDA, and on the CPU with REPRO_CPU_PRECISION=bf16
+    channels_last: bool = True        # channels_last memory: likewise
     eval_every: int = 1
     checkpoint_every_s: float = 0.0   # 0: a checkpoint after every epoch
     progress: bool = True
@@ -93,6 +98,70 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', not {self.schedule!r}")
         if self.epochs < 0 or self.lr <= 0:
             raise ValueError("epochs must be ≥ 0 and lr > 0")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How one device runs a model: bf16 autocast or not, channels_last memory or not."""
+
+    device_type: str
+    bf16: bool
+    channels_last: bool
+
+    @property
+    def tag(self) -> str:
+        """'fp32', 'bf16', 'fp32+cl' or 'bf16+cl' ('cl': channels_last)."""
+        return ("bf16" if self.bf16 else "fp32") + ("+cl" if self.channels_last else "")
+
+    def autocast(self) -> torch.autocast:
+        """The autocast context of this precision (disabled for fp32)."""
+        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in this precision's memory format (image batches only)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+
+def precision(device: torch.device | str, bf16: bool = True, channels_last: bool = True) -> Precision:
+    """The precision a job asking for (bf16, channels_last) gets on ``device``: what it asks for
+    on CUDA, and on the CPU when ``REPRO_CPU_PRECISION=bf16``; fp32/NCHW otherwise."""
+    kind = torch.device(device).type
+    if kind == "cuda" or (kind == "cpu" and cpu_precision() == "bf16"):
+        return Precision(kind, bf16, channels_last)
+    return Precision(kind, False, False)
+
+
+def checkpoint_name(prec: Precision) -> str:
+    """File of a job's checkpoint: ``last.pt``, or ``last.cpu-<tag>.pt`` for a reduced-precision
+    CPU job, so that switching ``REPRO_CPU_PRECISION`` never resumes a job in another precision."""
+    if prec.device_type == "cpu" and (prec.bf16 or prec.channels_last):
+        return f"last.cpu-{prec.tag}.pt"
+    return "last.pt"
+
+
+def _float_outputs(module: nn.Module, args: Any, out: Any) -> Any:
+    """Forward hook: the floating tensors of a model's output (also in tuples, lists and dicts)
+    cast to float32, so losses and metrics on them are computed in fp32 under autocast."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, tuple) and hasattr(out, "_fields"):  # a namedtuple
+        return type(out)(*(_float_outputs(module, args, o) for o in out))
+    if isinstance(out, (tuple, list)):
+        return type(out)(_float_outputs(module, args, o) for o in out)
+    if isinstance(out, dict):
+        return {k: _float_outputs(module, args, v) for k, v in out.items()}
+    return out
+
+
+@contextlib.contextmanager
+def _fp32_outputs(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """While active (and ``enabled``), ``model``'s outputs are float32 (:func:`_float_outputs`)."""
+    handle = model.register_forward_hook(_float_outputs) if enabled else None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 class BatchPlan(Protocol):
@@ -152,10 +221,10 @@ class FitResult:
 
 
 def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
-    """Default loss: CE on the model's logits; returns (loss, logits)."""
+    """Default loss: CE on the model's logits (in fp32); returns (loss, logits)."""
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         logits = model(x)
-        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+        return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing), logits
     return loss_fn
 
 
@@ -191,16 +260,16 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: TensorLoader, bf16: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [N, K] (float32, CPU) and labels [N] over a loader, model in eval mode."""
+    """Logits [N, K] (float32, CPU) and labels [N] over a loader, model in eval mode, in the
+    :func:`precision` the loader's device gives a job asking for ``bf16``."""
     was = model.training
     model.eval()
     outs, ys = [], []
-    cuda = loader.device.type == "cuda"
+    prec = precision(loader.device, bf16, channels_last=True)
     dry = dry_run()
     for x, y in loader:
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and bf16):
+        x = prec.prepare(x)
+        with prec.autocast():
             out = model(x)
         outs.append(out.float().cpu())
         ys.append(y.cpu())
@@ -260,8 +329,9 @@ def fit(
     """
     device = train.device
     cuda = device.type == "cuda"
+    prec = precision(device, cfg.bf16, cfg.channels_last)
     model.to(device)
-    if cuda and cfg.channels_last:
+    if prec.channels_last:
         model.to(memory_format=torch.channels_last)
     loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
     plan = plan or AllBatches()
@@ -274,7 +344,7 @@ def fit(
     resumed = None
     dry = dry_run()
     # A dry run must neither resume from nor leave behind checkpoints a real run would trust.
-    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir and not dry else None
+    ckpt = Path(checkpoint_dir) / checkpoint_name(prec) if checkpoint_dir and not dry else None
 
     partial: dict[str, Any] | None = None  # where an interrupted epoch stopped
     if ckpt is not None and ckpt.is_file():
@@ -304,7 +374,7 @@ def fit(
             "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in callbacks],
             "rng_cpu": torch.get_rng_state(), "rng_cuda": torch.cuda.get_rng_state() if cuda else None,
             "history": history, "step": step, "epoch": epoch, "train_s": train_s, "images": images,
-            "partial": part, "config": asdict(cfg),
+            "partial": part, "config": asdict(cfg), "precision": prec.tag,
         })
 
     from tqdm.auto import tqdm
@@ -313,7 +383,7 @@ def fit(
     bar = tqdm(range(start_epoch, end_epoch), desc=cfg.desc or "train", unit="ep",
                disable=not cfg.progress, initial=start_epoch, total=cfg.epochs, leave=False)
     last_ckpt = time.time()
-    with _SigtermAsInterrupt():
+    with _SigtermAsInterrupt(), _fp32_outputs(model, prec.bf16):
         for epoch in bar:
             model.train()
             t0 = time.perf_counter()
@@ -336,12 +406,11 @@ def fit(
                         skip -= 1
                         continue
                     x, y = train.fetch(idx, gen)
-                    if cuda and cfg.channels_last and x.dim() == 4:
-                        x = x.contiguous(memory_format=torch.channels_last)
+                    x = prec.prepare(x)
                     f = lr_factor(cfg, step, total, spe)
                     for g in opt.param_groups:
                         g["lr"] = cfg.lr * f
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.bf16):
+                    with prec.autocast():
                         loss, logits = loss_fn(model, x, y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()

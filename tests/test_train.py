@@ -1,6 +1,7 @@
 """The trainer: schedules, history, and resuming a killed run."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from repro.data import TensorLoader
-from repro.train import TrainConfig, fit, lr_factor
+from repro.modes import CPU_PRECISION_ENV, cpu_precision
+from repro.train import Precision, TrainConfig, checkpoint_name, fit, lr_factor, precision, predict
 
 
 def _toy(seed=0, n=96):
@@ -128,16 +130,20 @@ INTERRUPT_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_interrupt_saves_the_batch_it_was_in_and_resumes_exactly(tmp_path, sig):
+@pytest.mark.parametrize("sig, cpu_precision", [("SIGINT", "fp32"), ("SIGTERM", "fp32"), ("SIGINT", "bf16")])
+def test_interrupt_saves_the_batch_it_was_in_and_resumes_exactly(tmp_path, monkeypatch, sig, cpu_precision):
     """Ctrl-C (SIGINT) or SIGTERM mid-epoch: the checkpoint keeps every finished batch, and the
-    resumed run ends with the weights of an uninterrupted one."""
+    resumed run ends with the weights of an uninterrupted one, in fp32 and in CPU bf16."""
+    monkeypatch.setenv(CPU_PRECISION_ENV, cpu_precision)  # the child inherits it
     ckpt = tmp_path / "ckpt"
     script = INTERRUPT_SCRIPT.format(tests=str(Path(__file__).parent), ckpt=str(ckpt), sig=sig)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 130, proc.stderr
     assert ("Interrupted" if sig == "SIGTERM" else "KeyboardInterrupt") in proc.stdout
-    saved = torch.load(ckpt / "last.pt", weights_only=False)
+    name = {"fp32": "last.pt", "bf16": "last.cpu-bf16+cl.pt"}[cpu_precision]
+    assert [f.name for f in ckpt.iterdir()] == [name]
+    saved = torch.load(ckpt / name, weights_only=False)
+    assert saved["precision"] == {"fp32": "fp32", "bf16": "bf16+cl"}[cpu_precision]
     assert saved["epoch"] == 2 and saved["partial"]["pos"] == 3 and saved["step"] == 15
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -175,3 +181,94 @@ def test_fit_reports_its_cost_without_knowing_the_run():
     assert COST.train_images - i0 == res.train_images == 2 * 96
     assert COST.train_s - s0 == pytest.approx(res.train_seconds)
     assert WORK["train_steps"] - w0 == res.steps == 12
+
+
+# -- precision: fp32 or bf16 autocast + channels_last, on the CPU too ---------------------------
+def test_cpu_precision_switch_is_read_and_validated(monkeypatch):
+    monkeypatch.delenv(CPU_PRECISION_ENV, raising=False)
+    assert cpu_precision() == "fp32"  # the default
+    for value, want in (("", "fp32"), ("fp32", "fp32"), ("bf16", "bf16"), (" BF16 ", "bf16")):
+        monkeypatch.setenv(CPU_PRECISION_ENV, value)
+        assert cpu_precision() == want
+    monkeypatch.setenv(CPU_PRECISION_ENV, "fp16")
+    with pytest.raises(ValueError, match=r"REPRO_CPU_PRECISION='fp16': expected one of fp32, bf16"):
+        cpu_precision()
+    with pytest.raises(ValueError, match="REPRO_CPU_PRECISION"):  # a fit refuses it before training
+        fit(_model(), TensorLoader(*_toy(), 16, seed=0), None, TrainConfig(epochs=1, progress=False))
+
+
+def test_precision_is_decided_in_one_place(monkeypatch):
+    monkeypatch.setenv(CPU_PRECISION_ENV, "fp32")
+    assert precision("cpu") == Precision("cpu", bf16=False, channels_last=False)  # the config's wish ignored
+    assert precision("cuda", bf16=True, channels_last=False) == Precision("cuda", True, False)  # CUDA follows it
+    monkeypatch.setenv(CPU_PRECISION_ENV, "bf16")
+    assert precision("cpu") == Precision("cpu", True, True)
+    assert precision("cpu", bf16=False, channels_last=True) == Precision("cpu", False, True)
+    assert [Precision("cpu", b, c).tag for b, c in ((0, 0), (0, 1), (1, 0), (1, 1))] == \
+        ["fp32", "fp32+cl", "bf16", "bf16+cl"]
+    # fp32 CPU jobs and CUDA jobs keep the old file; reduced-precision CPU jobs get their own
+    assert checkpoint_name(Precision("cpu", False, False)) == "last.pt"
+    assert checkpoint_name(Precision("cuda", True, True)) == "last.pt"
+    assert checkpoint_name(Precision("cpu", True, True)) == "last.cpu-bf16+cl.pt"
+
+
+def _fit_in(monkeypatch, value, **kw):
+    monkeypatch.setenv(CPU_PRECISION_ENV, value)
+    imgs, labels = _toy()
+    seen = []
+
+    def loss_fn(model, x, y):  # records what a loss sees under autocast
+        logits = model(x)
+        seen.append((logits.dtype, x.is_contiguous(memory_format=torch.channels_last)))
+        return torch.nn.functional.cross_entropy(logits, y), logits
+
+    res = fit(_model(), TensorLoader(imgs, labels, 16, seed=0), TensorLoader(imgs, labels, 64, train=False),
+              TrainConfig(epochs=1, lr=0.05, progress=False, **kw), loss_fn=loss_fn)
+    return res, seen
+
+
+def test_bf16_cpu_step_runs_in_fp32_losses_and_stays_close_to_fp32(monkeypatch):
+    """A bf16 CPU epoch: channels_last inputs, float32 logits into the loss (the forward hook),
+    fp32 master weights, and losses within bf16 rounding of the fp32 run's."""
+    ref, seen32 = _fit_in(monkeypatch, "fp32")
+    low, seen16 = _fit_in(monkeypatch, "bf16")
+    assert set(seen32) == {(torch.float32, False)} and set(seen16) == {(torch.float32, True)}
+    assert all(p.dtype == torch.float32 for p in low.model.parameters())
+    assert not low.model._forward_hooks  # the fp32-output hook is gone after fit
+    for a, b in zip(ref.history, low.history):
+        assert math.isfinite(b["train_loss"]) and math.isfinite(b["test_loss"])
+        # 6 SGD steps of a 4-class toy (loss ≈ ln 4 ≈ 1.39): bf16 keeps ~3 significant digits
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=0.03)
+        assert b["test_loss"] == pytest.approx(a["test_loss"], abs=0.03)
+    # asking for fp32 in the config keeps a job fp32 even with the switch on
+    _, seen = _fit_in(monkeypatch, "bf16", bf16=False, channels_last=False)
+    assert set(seen) == {(torch.float32, False)}
+
+
+def test_predict_in_bf16_returns_float32_logits_close_to_fp32(monkeypatch):
+    imgs, labels = _toy()
+    model = _model().eval()
+    loader = TensorLoader(imgs, labels, 32, train=False)
+    monkeypatch.setenv(CPU_PRECISION_ENV, "fp32")
+    ref, y = predict(model, loader)
+    monkeypatch.setenv(CPU_PRECISION_ENV, "bf16")
+    low, y2 = predict(model, loader)
+    assert low.dtype == torch.float32 and torch.equal(y, y2)
+    assert not torch.equal(low, ref)  # bf16 really ran…
+    assert torch.allclose(low, ref, atol=0.05)  # …within bf16 rounding (8 bits of mantissa)
+    monkeypatch.setenv(CPU_PRECISION_ENV, "bf16")
+    # bf16=False: fp32 (channels_last inputs: another conv kernel, the same numbers to fp32 rounding)
+    assert torch.allclose(predict(model, loader, bf16=False)[0], ref, atol=1e-5)
+
+
+def test_switching_precision_never_resumes_the_other_ones_checkpoint(tmp_path, monkeypatch):
+    imgs, labels = _toy()
+    cfg = TrainConfig(epochs=1, lr=0.05, progress=False)
+    monkeypatch.setenv(CPU_PRECISION_ENV, "fp32")
+    fit(_model(), TensorLoader(imgs, labels, 16, seed=0), None, cfg, checkpoint_dir=tmp_path)
+    monkeypatch.setenv(CPU_PRECISION_ENV, "bf16")
+    res = fit(_model(), TensorLoader(imgs, labels, 16, seed=0), None, cfg, checkpoint_dir=tmp_path)
+    assert res.resumed_from_epoch is None  # trained, not loaded from the fp32 job
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["last.cpu-bf16+cl.pt", "last.pt"]
+    again = fit(_model(), TensorLoader(imgs, labels, 16, seed=0), None, cfg, checkpoint_dir=tmp_path)
+    assert again.resumed_from_epoch == 1 and again.history == res.history
