@@ -2,12 +2,14 @@
 the backbone's classes out of the stream, the backbone transplant, probes, and bad inputs."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from repro import arms, models
 from repro.data import Dataset
-from repro.families.incremental import protocol, tables
+from repro.families.incremental import figures, protocol, tables
 from repro.families.incremental.arms import nmc
 from repro.families.incremental.arms.baselines import FineTune, Replay
 from repro.families.incremental.learners import IncrementalConfig
@@ -211,40 +213,110 @@ def test_timm_backbone_from_a_weights_file_sees_unnormalised_resized_images(tmp_
         nmc.timm_backbone("test_resnet", str(tmp_path / "bad.pt"))
 
 
-def test_cifar_backbone_is_trained_once_and_stored(fake_data, tmp_path, monkeypatch):
+def smoke_run(tmp_path, monkeypatch, **over):
+    """A smoke-tier run of the chapter on the fake data, smaller still, with its own stores."""
     monkeypatch.setenv("REPRO_CHECKPOINTS", str(tmp_path / "ckpt"))
     monkeypatch.setenv("REPRO_ARTIFACTS", str(tmp_path / "artifacts"))
     params = load_spec("nmc").resolve("smoke")
-    params.update(per_class=4, test_per_class=2, image_size=8, pretrain_per_class=4)
-    run = Run(load_spec("nmc"), params, torch.device("cpu"))
+    params.update(per_class=4, test_per_class=2, image_size=8, pretrain_per_class=4, **over)
+    return Run(load_spec("nmc"), params, torch.device("cpu"))
+
+
+def test_cifar_backbone_is_trained_once_and_stored(fake_data, tmp_path, monkeypatch):
+    run = smoke_run(tmp_path, monkeypatch)
     stream, pre = protocol.nmc_stream(run)
     assert stream.num_classes == 6 and len(pre) == 10 and not set(pre) & set(stream.order)
-    a = protocol.nmc_backbone(run, stream, pre)
+    a = protocol.nmc_backbone(run, stream, pre, seed=0)
     assert a.info["built_now"] and len(a.info["history"]) == 2 and "nmc_aia" in a.info["history"][0]
-    stored = list((tmp_path / "artifacts" / "backbones").glob("cnn3-c10-*/artifact.json"))
+    assert a.info["seed"] == 0
+    stored = list((tmp_path / "artifacts" / "backbones").glob("cnn3-c10-s0-*/artifact.json"))
     assert len(stored) == 1 and [p.name for p in stored[0].parent.iterdir()] != [] and \
         not (stored[0].parent / "fit").exists()
-    assert run.notes["backbone"]["key"] == a.info["key"]
-    b = protocol.nmc_backbone(run, stream, pre)
+    b = protocol.nmc_backbone(run, stream, pre, seed=0)
     assert not b.info["built_now"] and all(torch.equal(a.state[k], b.state[k]) for k in a.state)
     assert b.info["history"] == a.info["history"] and b.info["test_acc"] == a.info["test_acc"]
+    assert b.info["key"] == a.info["key"]
     # a different setting is another artifact
     run.params["pretrain_epochs"] = 1
-    c = protocol.nmc_backbone(run, stream, pre)
+    c = protocol.nmc_backbone(run, stream, pre, seed=0)
     assert c.info["built_now"] and c.info["key"] != a.info["key"]
 
 
-def test_nmc_sweep_runs_every_arm_and_pairs_the_claims(fake_data, tmp_path, monkeypatch):
-    monkeypatch.setenv("REPRO_CHECKPOINTS", str(tmp_path / "ckpt"))
-    monkeypatch.setenv("REPRO_ARTIFACTS", str(tmp_path / "artifacts"))
-    params = load_spec("nmc").resolve("smoke")
-    params.update(per_class=4, test_per_class=2, image_size=8, pretrain_per_class=4, seeds=[0, 1])
-    run = Run(load_spec("nmc"), params, torch.device("cpu"))
+def test_each_seed_pretrains_its_own_backbone_stored_under_its_seed(fake_data, tmp_path, monkeypatch):
+    run = smoke_run(tmp_path, monkeypatch)
+    assert "pretrain_seed" not in {f.name for f in dataclasses.fields(nmc.BackboneConfig)}
     stream, pre = protocol.nmc_stream(run)
-    res = protocol.nmc_sweep(run, stream, protocol.nmc_backbone(run, stream, pre), progress=False)
+    backbones = protocol.nmc_backbones(run, stream, pre)
+    assert backbones.per_seed and backbones.held == [] and "one per seed" in backbones.name
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+    b0, f0 = backbones.get(0)
+    assert torch.equal(torch.get_rng_state(), rng)       # preparing a seed leaves the random state alone
+    assert backbones.held == [0] and backbones.get(0)[0] is b0 and backbones.loads == 1
+    b1, f1 = backbones.get(1)
+    assert backbones.held == [1] and backbones.loads == 2  # seed 0's backbone and features were dropped
+    assert b0.info["seed"] == 0 and b1.info["seed"] == 1 and b0.info["key"] != b1.info["key"]
+    assert set(b0.state) == set(b1.state) and any(not torch.equal(b0.state[k], b1.state[k]) for k in b0.state)
+    assert f0.f_train.shape == f1.f_train.shape and not torch.equal(f0.f_train, f1.f_train)
+    stored = sorted(p.parent.name for p in (tmp_path / "artifacts" / "backbones").glob("*/artifact.json"))
+    assert [n.rsplit("-", 1)[0] for n in stored] == ["cnn3-c10-s0", "cnn3-c10-s1"]
+    # a re-run reuses each seed's backbone from the store
+    again = protocol.nmc_backbones(run, stream, pre)
+    a0 = again.backbone(0)
+    assert not a0.info["built_now"] and a0.info["key"] == b0.info["key"]
+    assert all(torch.equal(a0.state[k], b0.state[k]) for k in a0.state)
+    assert torch.equal(again.features(0).f_test, f0.f_test)
+
+
+def test_a_timm_backbone_is_one_checkpoint_for_every_seed(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    path = tmp_path / "w.pt"
+    torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=3).state_dict(), path)
+    spec = load_spec("nmc")
+    cfg = arms.make_config(nmc.BackboneConfig, spec.resolve("paper", {"backbone": "test_resnet", "weights": str(path)}))
+    assert not cfg.per_seed and arms.make_config(nmc.BackboneConfig, spec.resolve("cpu")).per_seed
+    s = toy_stream([0, 1], [0, 1], [[0], [1]])
+    calls = []
+
+    def load(seed):
+        calls.append(seed)
+        return nmc.timm_backbone("test_resnet", str(path))
+
+    shared = nmc.SeedBackbones(load, s, "cpu", per_seed=cfg.per_seed)
+    b0, f0 = shared.get(0)
+    b1, f1 = shared.get(1)
+    assert b0 is b1 and f0 is f1 and calls == [0] and shared.held == [None] and shared.key(2) is None
+    md = tables.backbones_markdown({"0": {**b0.info, "name": "test_resnet", "feature_dim": 8},
+                                    "1": {**b0.info, "name": "test_resnet", "feature_dim": 8}})
+    assert "one checkpoint shared by seeds 0, 1" in md
+
+
+def test_nmc_sweep_runs_every_arm_from_each_seeds_backbone(fake_data, tmp_path, monkeypatch):
+    run = smoke_run(tmp_path, monkeypatch, seeds=[0, 1])
+    stream, pre = protocol.nmc_stream(run)
+    backbones = protocol.nmc_backbones(run, stream, pre)
+    seen = []
+    load = backbones._load
+    backbones._load = lambda seed: (seen.append((seed, list(backbones.held))), load(seed))[1]
+    res = protocol.nmc_sweep(run, stream, backbones, progress=False)
     assert res.arms() == list(nmc.PLAN) and all(j["n_test"] == 6 * 2 for j in res.jobs)
-    assert res.per_seed("aia", "nmc")[0] == res.per_seed("aia", "nmc")[1]  # no randomness in NMC
+    assert seen == [(0, []), (1, [])]   # one load per seed, nothing else held while loading
+    notes = run.notes["backbones"]
+    assert sorted(notes) == ["0", "1"] and notes["0"]["seed"] == 0 and notes["1"]["seed"] == 1
+    assert notes["0"]["key"] != notes["1"]["key"] and not notes["0"]["shared"] and notes["0"]["feature_dim"] > 0
+    md = tables.backbones_markdown(notes)
+    assert "| 0 |" in md and "| 1 |" in md and "trained in this run" in md
+    fig, data = figures.plot_pretraining(notes, {"replay": 50.0}, "toy")
+    fig.clf()
+    assert sorted(data["seeds"]) == ["0", "1"] and len(data["seeds"]["1"]["nmc_aia"]) == 2
     claims = {c.id: run.claim_values(c) for c in run.spec.claims}
     assert claims["nmc_beats_replay"] == {str(s): v for s, v in res.paired("aia", "nmc", "replay").items()}
     assert claims["nmc_forgets_less"]["1"] == pytest.approx(res.value("replay", 1, "forgetting")
                                                           - res.value("nmc", 1, "forgetting"))
+    # re-running the sweep resumes: the backbones come from the store, the results are the same
+    again = protocol.nmc_sweep(run, stream, protocol.nmc_backbones(run, stream, pre), progress=False)
+    assert again.per_seed("aia", "replay") == res.per_seed("aia", "replay")
+    assert again.per_seed("aia", "nmc") == res.per_seed("aia", "nmc")
+    assert not run.notes["backbones"]["1"]["built_now"]

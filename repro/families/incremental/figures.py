@@ -285,30 +285,35 @@ def plot_new_share(results: Any, setting: str) -> tuple[Figure, dict]:
 
 
 # -- chapter 10 (nmc): does the NMC follow the backbone's quality? ------------------------------------
-def plot_pretraining(info: dict[str, Any], final: dict[str, float], setting: str) -> tuple[Figure, dict]:
-    """Backbone quality during pretraining: its own test accuracy on the pretraining classes
+def plot_pretraining(infos: Mapping[Any, Mapping[str, Any]], final: Mapping[str, float], setting: str,
+                     ) -> tuple[Figure, dict]:
+    """Backbone quality during pretraining, one line per seed's backbone (``infos``: seed →
+    backbone facts with their ``history``): its own test accuracy on the pretraining classes
     and the NMC's AIA / last accuracy on the evaluated stream, after every epoch.
 
-    ``final``: other learners' AIA with the final backbone (mean over seeds), drawn as
+    ``final``: other learners' AIA with the final backbones (mean over seeds), drawn as
     horizontal references."""
-    hist = info.get("history", [])
-    ep = np.array([h["epoch"] for h in hist])
+    seeds = sorted((s for s in infos if infos[s].get("history")), key=int)
     fig, ax = new_figure(width=7.6, height=3.4)
-    data: dict[str, Any] = {"epoch": ep}
-    if hist and "test_acc" in hist[0]:
-        acc = np.array([h.get("test_acc", np.nan) for h in hist])
-        ax.plot(ep, acc, "s--", color="0.4", label="backbone top-1 on its own pretraining classes")
-        data["pretrain_test_acc"] = acc
-    if hist and "nmc_aia" in hist[0]:
-        for k, style, lab in (("nmc_aia", "o-", "NMC AIA on the stream"), ("nmc_last", "^-", "NMC last on the stream")):
-            v = np.array([h[k] for h in hist])
-            ax.plot(ep, v, style, label=lab)
-            data[k] = v
+    data: dict[str, Any] = {"seeds": {}}
+    series = (("test_acc", "s--", "0.4", "backbone top-1 on its own pretraining classes"),
+              ("nmc_aia", "o-", "C0", "NMC AIA on the stream"), ("nmc_last", "^-", "C1", "NMC last on the stream"))
+    for i, s in enumerate(seeds):
+        hist = infos[s]["history"]
+        ep = np.array([h["epoch"] for h in hist])
+        d: dict[str, Any] = {"epoch": ep}
+        for key, style, color, lab in series:
+            if key not in hist[0]:
+                continue
+            v = np.array([h.get(key, np.nan) for h in hist], dtype=float)
+            ax.plot(ep, v, style, color=color, lw=1.2, ms=3.5, alpha=0.85, label=lab if i == 0 else None)
+            d["pretrain_test_acc" if key == "test_acc" else key] = v
+        data["seeds"][str(s)] = d
     for i, (lab, v) in enumerate(final.items()):
-        ax.axhline(v, color=f"C{i + 2}", lw=1.2, ls=":", label=f"{lab}, AIA (final backbone)")
-    data["references"] = final
+        ax.axhline(v, color=f"C{i + 2}", lw=1.2, ls=":", label=f"{lab}, AIA (mean over seeds)")
+    data["references"] = dict(final)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("pretraining epoch")
+    ax.set_xlabel("pretraining epoch" + (" (one line per seed's backbone)" if len(seeds) > 1 else ""))
     ax.set_ylabel("top-1 (%)")
     ax.set_title("Does NMC's accuracy follow the backbone's quality?")
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: the curves cross the whole panel

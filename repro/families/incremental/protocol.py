@@ -183,34 +183,67 @@ def nmc_stream(run) -> tuple[Stream, list[int]]:
     return s, pre
 
 
-def nmc_backbone(run, stream: Stream, pretrain_ids: list[int]):
-    """The backbone the parameters name: pretrained here (from the backbones store) or a timm
-    model's weights. Its facts (source, accuracy, cost, store key) go in the record's notes."""
+def nmc_backbone(run, stream: Stream, pretrain_ids: list[int], seed: int):
+    """The backbone of run seed ``seed``: with ``backbone='cifar'`` the one pretrained here with
+    that seed (from the backbones store: trained once per setting and seed); with a timm model
+    name its checkpoint, the same for every seed."""
     from .arms import nmc
 
     bcfg = config(nmc.BackboneConfig, run)
-    if bcfg.backbone == nmc.CIFAR:
-        backbone = nmc.cifar_backbone(bcfg, stream_config(run), stream, pretrain_ids, run.device).value
-    else:
-        backbone = nmc.timm_backbone(bcfg.backbone, bcfg.weights, bcfg.timm_pretrained)
-    run.note(backbone=dict(backbone.info))
-    return backbone
+    if bcfg.per_seed:
+        return nmc.cifar_backbone(bcfg, stream_config(run), stream, pretrain_ids, seed, run.device).value
+    return nmc.timm_backbone(bcfg.backbone, bcfg.weights, bcfg.timm_pretrained)
 
 
-def nmc_sweep(run, stream: Stream, backbone: Any, progress: bool = True) -> SweepResult:
-    """Chapter 10's arms over the seeds: the frozen-feature ones (``nmc``, ``nmc_raw``,
-    ``probe_seq``, ``joint_probe``) on features extracted once, fine-tuning and replay from the
-    backbone through the incremental loop (checkpointed per task)."""
+def nmc_backbones(run, stream: Stream, pretrain_ids: list[int]):
+    """The chapter's backbones as ``nmc.SeedBackbones``: one per run seed when pretrained here,
+    one timm checkpoint shared by every seed otherwise. Nothing is loaded or trained yet: a
+    seed's backbone is prepared when its first job asks for it, and its facts then go in the
+    record's notes (``notes["backbones"][seed]``)."""
     from .arms import nmc
 
-    feats = nmc.frozen_features(backbone.frozen().to(run.device), stream, run.device)
-    run.note(features={"dim": int(feats.f_train.shape[1]), "extract_s": round(feats.extract_s, 2)})
-    jobs: dict[str, JobFn] = {}
-    for label, (a, cfg) in configs(run, nmc.PLAN).items():
-        if a.name in nmc.FROZEN_ARMS:
-            jobs[label] = frozen_job(feats, a.impl, cfg, label)
-        else:
-            jobs[label] = learner_job(stream, nmc.pretrained(a.impl, backbone), cfg, run.device, label, progress)
+    bcfg = config(nmc.BackboneConfig, run)
+    if bcfg.per_seed:
+        name = f"{bcfg.arch} pretrained here on {len(pretrain_ids)} CIFAR-100 classes, one per seed"
+    else:
+        name = f"{bcfg.backbone} (one checkpoint for every seed)"
+    run.note(backbones={})
+    return nmc.SeedBackbones(lambda seed: nmc_backbone(run, stream, pretrain_ids, seed), stream, run.device,
+                             per_seed=bcfg.per_seed, name=name)
+
+
+def _note_backbone(run, backbones, seed: int) -> None:
+    """The seed's backbone facts (source, accuracy, cost, store key, features) in the notes."""
+    notes = run.notes.setdefault("backbones", {})
+    if str(seed) not in notes:
+        bb, feats = backbones.get(seed)
+        notes[str(seed)] = {**bb.info, "shared": not backbones.per_seed, "feature_dim": int(feats.f_train.shape[1]),
+                            "extract_s": round(feats.extract_s, 2)}
+
+
+def nmc_sweep(run, stream: Stream, backbones: Any, progress: bool = True) -> SweepResult:
+    """Chapter 10's arms over the seeds, each seed's from that seed's backbone
+    (``backbones``: :func:`nmc_backbones`): the frozen-feature ones (``nmc``, ``nmc_raw``,
+    ``probe_seq``, ``joint_probe``) on its features, extracted once, fine-tuning and replay
+    starting from it through the incremental loop (checkpointed per task). The sweep runs every
+    arm of a seed before the next, so one seed's backbone and features are held at a time."""
+    from .arms import nmc
+
+    def frozen(a: registry.Arm, cfg: Any, label: str) -> JobFn:
+        def job(seed: int, checkpoint_dir) -> Job:
+            _note_backbone(run, backbones, seed)
+            return frozen_job(backbones.features(seed), a.impl, cfg, label)(seed, checkpoint_dir)
+        return job
+
+    def tuned(a: registry.Arm, cfg: Any, label: str) -> JobFn:
+        def job(seed: int, checkpoint_dir) -> Job:
+            _note_backbone(run, backbones, seed)
+            factory = nmc.pretrained(a.impl, backbones.backbone(seed))
+            return learner_job(stream, factory, cfg, run.device, label, progress)(seed, checkpoint_dir)
+        return job
+
+    jobs = {label: (frozen if a.name in nmc.FROZEN_ARMS else tuned)(a, cfg, label)
+            for label, (a, cfg) in configs(run, nmc.PLAN).items()}
     res = run_sweep(run, jobs, progress=progress)
     guard_tasks(run, res)
     note_jobs(run, res)

@@ -51,17 +51,45 @@ def bias_markdown(results: Any, labels: Sequence[str] | None = None) -> str:
 
 
 # -- chapter 10 (nmc) ----------------------------------------------------------------------------------
-def backbone_markdown(backbone: Any, stream: Any) -> str:
-    """One paragraph on the backbone: where it comes from, its accuracy and cost."""
-    i = backbone.info
-    if i.get("source") == "pretrained here":
-        return (f"Backbone: **{i['arch']}** ({i['params']:,} parameters) pretrained here with labels on "
-                f"{len(i['classes'])} CIFAR-100 classes outside the stream ({i['data']}), {i['epochs']} epochs: "
-                f"top-1 {i['test_acc']:.1f}% on those classes' test images, {i['train_s']:.0f} s of training "
-                f"({'trained in this run' if i.get('built_now') else 'loaded from the backbones store'}). "
-                f"Evaluated stream: {stream.describe()}.")
-    return (f"Backbone: **{backbone.name}** ({i['params']:,} parameters, weights from {i['source']}), input "
-            f"{i['input_size']} px. Evaluated stream: {stream.describe()}.")
+def backbone_plan_markdown(cfg: Any, stream: Any, seeds: Sequence[int]) -> str:
+    """One paragraph, before anything is trained: which backbone(s) the seeds will use
+    (``cfg``: the chapter's ``BackboneConfig``)."""
+    seeds = ", ".join(str(s) for s in seeds)
+    if cfg.per_seed:
+        width = f" (width {cfg.arch_width})" if cfg.arch_width else ""
+        per = f"{cfg.pretrain_per_class} images per class" if cfg.pretrain_per_class else "all 500 images per class"
+        return (f"Backbones: **{cfg.arch}**{width}, **one per run seed** (seeds {seeds}; each pretrained with its run "
+                f"seed), trained here with labels on the last {cfg.pretrain_classes} classes of the class order, "
+                f"outside the stream ({per}), {cfg.pretrain_epochs} epochs of SGD (lr {cfg.pretrain_lr}, cosine). "
+                f"Each seed's learners all start from that seed's backbone. Evaluated stream: {stream.describe()}.")
+    source = cfg.weights or "timm's download"
+    return (f"Backbone: **{cfg.backbone}**, one public checkpoint (weights from {source}) shared by every seed "
+            f"({seeds}), as in the paper. Evaluated stream: {stream.describe()}.")
+
+
+def backbones_markdown(infos: Mapping[Any, Mapping[str, Any]]) -> str:
+    """The backbones the seeds used (``run.notes["backbones"]``: seed → facts): for backbones
+    pretrained here one row per seed (its accuracy on the pretraining classes, cost, whether it
+    was trained in this run), for a shared timm checkpoint one paragraph."""
+    if not infos:
+        return "No backbone was used."
+    seeds = sorted(infos, key=int)
+    first = infos[seeds[0]]
+    if first.get("source") != "pretrained here":
+        return (f"Backbone: **{first.get('name', '?')}** ({first['params']:,} parameters, weights from "
+                f"{first['source']}), input {first['input_size']} px, {first['feature_dim']}-d features: one "
+                f"checkpoint shared by seeds {', '.join(str(s) for s in seeds)}.")
+    rows = [[s, f"{infos[s]['test_acc']:.1f}", f"{infos[s]['train_s']:.0f}",
+             "trained in this run" if infos[s].get("built_now") else "loaded from the backbones store",
+             infos[s].get("key", "")] for s in seeds]
+    acc = [float(infos[s]["test_acc"]) for s in seeds]
+    head = (f"Each seed's backbone: **{first['arch']}** ({first['params']:,} parameters, {first['feature_dim']}-d "
+            f"features) pretrained with labels on {len(first['classes'])} CIFAR-100 classes outside the stream "
+            f"({first['data']}), {first['epochs']} epochs; top-1 on those classes' test images "
+            f"{mean_std_text(acc, '.1f')} % over {len(seeds)} seed(s).")
+    table = markdown_table(["seed", "top-1 on pretraining classes (%)", "pretraining s", "backbone", "store key"],
+                           rows, align="rrrll")
+    return head + "\n\n" + table
 
 
 # -- chapter 01 (oca) ----------------------------------------------------------------------------------

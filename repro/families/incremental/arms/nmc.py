@@ -5,8 +5,8 @@ Arms ``nmc`` and ``probe``.
 The NMC never trains. After task t it stores, for each of the task's classes c, the mean
 μ_c of the (L2-normalised) frozen features of c's training images — the means themselves
 are *not* re-normalised, as in the official script — and predicts
-``argmin_c ‖f(x) − μ_c‖₂`` over every class seen so far. Every learner of the chapter
-starts from the same backbone:
+``argmin_c ‖f(x) − μ_c‖₂`` over every class seen so far. Within a run seed every learner of
+the chapter starts from the same backbone:
 
 * arm ``nmc`` (:class:`NMCConfig`): class means of the L2-normalised (labels ``nmc``) or raw
   (``nmc_raw``, ``normalize=False``) frozen features;
@@ -16,9 +16,9 @@ starts from the same backbone:
 * ``finetune`` / ``replay``: the whole pretrained network fine-tuned on each task (the
   family's baselines, started from the backbone by :func:`pretrained`).
 
-The frozen-feature arms run on features extracted once (no augmentation, :class:`FrozenFeatures`);
-the others go through the family's incremental loop. Every arm fills the family's
-``AccuracyMatrix`` and returns a ``StreamResult``.
+The frozen-feature arms run on features extracted once per backbone (no augmentation,
+:class:`FrozenFeatures`); the others go through the family's incremental loop. Every arm fills
+the family's ``AccuracyMatrix`` and returns a ``StreamResult``.
 
 The backbone is either a timm model (the paper: ViT-B/16 ImageNet-21k, from a local weights
 file or downloaded by timm where there is network; images un-normalised and resized to the
@@ -26,16 +26,24 @@ model's input size, as the official script does) or — the default below the pa
 ``"cifar"``: a network of the chapter's ``arch`` pretrained here, with labels, on the
 *last* ``pretrain_classes`` classes of the class order. Those classes never enter the
 evaluated stream: a protocol task that holds any of them is dropped (the gpu tier's
-100-class stream keeps its first tasks). The pretrained network is an artifact
-(``repro.artifacts.ArtifactStore("backbones")``), keyed by everything that defines it, the data
-checksum and the package version, so it is trained once per setting and reused.
+100-class stream keeps its first tasks).
+
+A backbone pretrained here is part of what a seed's run draws at random, so **every run seed
+pretrains its own** (pretraining seed = run seed), and that seed's learners all start from it:
+the seed spread of a difference then covers the pretraining too. A timm backbone is one public
+checkpoint, as in the paper, shared by every seed. :class:`SeedBackbones` hands out a seed's
+backbone and frozen features, holding one seed's at a time. A pretrained network is an artifact
+(``repro.artifacts.ArtifactStore("backbones")``), keyed by everything that defines it (its seed
+included), the data checksum and the package version, so it is trained once per setting and
+seed and reused.
 """
 from __future__ import annotations
 
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,7 +96,8 @@ class ProbeConfig:
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """Where the chapter's pretrained network comes from, and how it is pretrained here."""
+    """Where the chapter's pretrained network comes from, and how it is pretrained here
+    (``backbone='cifar'``: one network per run seed, pretrained with that seed)."""
 
     backbone: str = "vit_base_patch16_224.augreg_in21k"
     weights: str = ""
@@ -99,7 +108,6 @@ class BackboneConfig:
     pretrain_per_class: int = 0
     pretrain_epochs: int = 100
     pretrain_lr: float = 0.1
-    pretrain_seed: int = 0
     quality_curve: bool = True
     weight_decay: float = 0.0005
     batch_size: int = 128
@@ -126,6 +134,12 @@ class BackboneConfig:
     @property
     def arch_kwargs(self) -> dict[str, Any]:
         return {"width": self.arch_width} if self.arch_width else {}
+
+    @property
+    def per_seed(self) -> bool:
+        """True when every run seed gets its own backbone (pretrained here); False for a timm
+        checkpoint, which all seeds share."""
+        return self.backbone == CIFAR
 
 
 def check_finetune(cfg: IncrementalConfig) -> None:
@@ -295,8 +309,8 @@ def _frozen_result(label: str, seed: int, stream: Stream, matrix: AccuracyMatrix
 
 @arm("nmc", family=FAMILY, config=NMCConfig)
 def nearest_mean(features: FrozenFeatures, cfg: NMCConfig, seed: int, label: str = "nmc") -> StreamResult:
-    """Nearest class mean on frozen features: no training (the same matrix for every seed, so
-    gains pair by seed)."""
+    """Nearest class mean on frozen features: no training, so the matrix depends on the
+    features alone (on the seed only through a per-seed backbone)."""
     mat = nmc_stream(features.stream, features.f_train, features.f_test, cfg.normalize)
     return _frozen_result(label, seed, features.stream, mat, 0.0)
 
@@ -391,20 +405,22 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pretrain_key(cfg: BackboneConfig, scfg: StreamConfig, stream: Stream, pretrain_ids: list[int]) -> dict[str, Any]:
-    """Everything that defines a backbone pretrained here (the artifact's spec; the store adds
-    the data checksum and the package version)."""
+def pretrain_key(cfg: BackboneConfig, scfg: StreamConfig, stream: Stream, pretrain_ids: list[int],
+                 seed: int) -> dict[str, Any]:
+    """Everything that defines a backbone pretrained here with ``seed`` (the artifact's spec; the
+    store adds the data checksum and the package version)."""
     return {"arch": cfg.arch, "arch_kwargs": cfg.arch_kwargs, "classes": list(pretrain_ids),
             "per_class": cfg.pretrain_per_class, "image_size": scfg.image_size, "data_seed": scfg.data_seed,
             "epochs": cfg.pretrain_epochs, "lr": cfg.pretrain_lr, "weight_decay": cfg.weight_decay,
-            "batch_size": cfg.batch_size, "seed": cfg.pretrain_seed, "quality_curve": cfg.quality_curve,
+            "batch_size": cfg.batch_size, "seed": int(seed), "quality_curve": cfg.quality_curve,
             "stream": [stream.order, stream.scenario, scfg.per_class, scfg.test_per_class]}
 
 
-def cifar_backbone(cfg: BackboneConfig, scfg: StreamConfig, stream: Stream, pretrain_ids: list[int],
+def cifar_backbone(cfg: BackboneConfig, scfg: StreamConfig, stream: Stream, pretrain_ids: list[int], seed: int,
                    device: torch.device | str = "cpu") -> Artifact[Backbone]:
     """``cfg.arch`` trained with labels on ``pretrain_ids`` (CIFAR-100 classes outside the
-    stream), from the backbones store: trained once per setting and loaded afterwards.
+    stream) with ``seed`` (initial weights, data order, augmentation), from the backbones store:
+    trained once per setting and seed and loaded afterwards.
 
     With ``quality_curve`` every pretraining epoch also records the NMC's accuracy on the
     evaluated stream (AIA and last), for the pretraining-quality figure: an observation,
@@ -416,30 +432,30 @@ def cifar_backbone(cfg: BackboneConfig, scfg: StreamConfig, stream: Stream, pret
     if set(pre.classes) & set(stream.data.classes):
         raise RuntimeError("pretraining classes overlap the evaluated stream")  # pretrain_split rules this out
     kw = cfg.arch_kwargs
-    name = f"{cfg.arch} pretrained on {len(pretrain_ids)} CIFAR-100 classes"
+    name = f"{cfg.arch} pretrained on {len(pretrain_ids)} CIFAR-100 classes (seed {seed})"
 
     def build_net(num_classes: int) -> nn.Module:
         return models.create(cfg.arch, num_classes=num_classes, **kw)
 
     def build(work: Path) -> tuple[Backbone, dict[str, Any]]:
-        _seed_all(cfg.pretrain_seed)
+        _seed_all(seed)
         model = models.create(cfg.arch, num_classes=len(pretrain_ids), **kw)
         tc = TrainConfig(epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, weight_decay=cfg.weight_decay,
-                         schedule="cosine", desc=f"pretrain {cfg.arch} on {len(pretrain_ids)} classes")
+                         schedule="cosine", desc=f"pretrain {cfg.arch} on {len(pretrain_ids)} classes, seed {seed}")
 
         def quality(m: nn.Module) -> dict[str, float]:
             mat = nmc_stream(stream, *stream_features(m, stream, device))
             return {"nmc_aia": mat.average_incremental(), "nmc_last": mat.last()}
 
         t0 = time.time()
-        res = fit(model, pre.loader("train", cfg.batch_size, device, seed=cfg.pretrain_seed),
+        res = fit(model, pre.loader("train", cfg.batch_size, device, seed=seed),
                   pre.loader("test", 512, device), tc, checkpoint_dir=work / "fit",
                   extra_eval=quality if cfg.quality_curve else None)
         ev = evaluate(model, pre.loader("test", 512, device))
         state = _without_head(model.state_dict())
         save_torch(work / "backbone.pt", state)
         shutil.rmtree(work / "fit", ignore_errors=True)  # the resumable fit's checkpoint: done with
-        info = {"source": "pretrained here", "name": name, "arch": cfg.arch, "arch_kwargs": kw,
+        info = {"source": "pretrained here", "name": name, "seed": int(seed), "arch": cfg.arch, "arch_kwargs": kw,
                 "classes": list(pretrain_ids), "data": pre.describe(), "test_acc": ev["acc"],
                 "train_s": res.train_seconds, "train_images": res.train_images, "epochs": cfg.pretrain_epochs,
                 "wall_s": time.time() - t0, "params": sum(q.numel() for q in model.parameters()),
@@ -450,10 +466,76 @@ def cifar_backbone(cfg: BackboneConfig, scfg: StreamConfig, stream: Stream, pret
         state = torch.load(folder / "backbone.pt", map_location="cpu", weights_only=True)
         return Backbone(name, state, build_net, dict(info))
 
-    key = BACKBONES.key(pretrain_key(cfg, scfg, stream, pretrain_ids), pre.checksum)
-    art = BACKBONES.get(f"{cfg.arch}-c{len(pretrain_ids)}", key, build, load)
+    key = BACKBONES.key(pretrain_key(cfg, scfg, stream, pretrain_ids, seed), pre.checksum)
+    art = BACKBONES.get(f"{cfg.arch}-c{len(pretrain_ids)}-s{seed}", key, build, load)
     art.value.info.update(built_now=art.built_now, key=art.key, stored_at=str(art.path) if art.path else None)
     return art
+
+
+# -- one backbone per run seed ------------------------------------------------------------------------
+@contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Python's, numpy's and torch's random states (every CUDA device's too) restored on exit."""
+    py, npy = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
+class SeedBackbones:
+    """The backbone and its frozen features of each run seed, one seed's held at a time.
+
+    ``load(seed)`` gives a seed's :class:`Backbone`. With ``per_seed`` every seed has its own
+    (a backbone pretrained here with that seed); without, ``load`` is called once and its
+    backbone and features serve every seed (a timm checkpoint). Asking for another seed drops
+    the one held before loading the next, so at most one seed's network and features are in
+    memory (a sweep runs all arms of a seed before the next). Preparing a seed — pretraining
+    or loading its backbone, extracting its features — leaves the random states as they were,
+    so a job's result does not depend on whether it was the one that prepared its seed.
+    """
+
+    def __init__(self, load: Callable[[int], Backbone], stream: Stream, device: torch.device | str,
+                 per_seed: bool = True, name: str = "") -> None:
+        self._load = load
+        self.stream = stream
+        self.device = device
+        self.per_seed = per_seed
+        self.name = name
+        self.loads = 0                                  # backbones loaded so far (a test's probe)
+        self._held: tuple[int | None, Backbone, FrozenFeatures] | None = None
+
+    def key(self, seed: int) -> int | None:
+        """What a seed's backbone is keyed by: the seed, or None when every seed shares one."""
+        return int(seed) if self.per_seed else None
+
+    @property
+    def held(self) -> list[int | None]:
+        """The keys of the backbones in memory: none or one."""
+        return [] if self._held is None else [self._held[0]]
+
+    def get(self, seed: int) -> tuple[Backbone, FrozenFeatures]:
+        """The seed's backbone and its frozen features of the stream's images."""
+        k = self.key(seed)
+        if self._held is None or self._held[0] != k:
+            self._held = None                           # the previous seed's go first
+            with rng_preserved():
+                bb = self._load(int(seed))
+                self.loads += 1
+                model = bb.frozen().to(self.device)
+                feats = frozen_features(model, self.stream, self.device)
+                del model
+            self._held = (k, bb, feats)
+        return self._held[1], self._held[2]
+
+    def backbone(self, seed: int) -> Backbone:
+        return self.get(seed)[0]
+
+    def features(self, seed: int) -> FrozenFeatures:
+        return self.get(seed)[1]
 
 
 # -- learners that start from the backbone -----------------------------------------------------------
