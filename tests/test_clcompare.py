@@ -76,7 +76,6 @@ def test_a_claim_without_its_learners_is_refused_before_training():
         compare.plan(["replay", "icarl"], napa_lr=1e-3, napa_weight_decay=0.0, gcab_lr=1e-3, gcab_weight_decay=0.0)
 
 
-@pytest.mark.slow
 def test_a_tiny_smoke_sweep_gives_every_claim_a_value(fake_data, tmp_path, monkeypatch):
     """The chapter's own path (stream with NMC's pretraining classes set aside, the claims'
     learners in one sweep, figures, the record) on the fake set with one seed."""

@@ -325,10 +325,10 @@ def plot_cost(results: Any, setting: str, labels: Sequence[str],
         b.plot(s, v, _MARK[LEARNERS[label][1]], color=col[label], label=label)
         data[label] = {"train_s": s, "pretrain_s": extra, "aia": v}
     a.set_yticks(range(len(present)), present[::-1])
-    a.set_xlabel("training seconds per run (hatched: the seed's backbone pretraining)")
+    a.set_xlabel("train s per run (hatched: pretraining)")
     a.set_title("Cost per learner")
     b.set_xscale("symlog", linthresh=1.0)
-    b.set_xlabel("training seconds per run (symlog; nmc trains nothing)")
+    b.set_xlabel("train s per run (symlog)")
     b.set_ylabel("AIA (%)")
     b.set_title("Accuracy vs cost")
     b.legend(fontsize=7, ncols=2)
