@@ -63,8 +63,10 @@ def commit_known(commit: str, cwd: Path | None = None) -> bool | None:
 
 
 def environment(device: Any = "cpu") -> dict[str, Any]:
-    """Python, torch, CUDA, device, package version and git commit of this process."""
+    """Python, torch, CUDA, device, precision, package version and git commit of this process."""
     import torch
+
+    from .modes import cpu_precision
 
     device = torch.device(device)
     if device.type == "cuda":
@@ -82,4 +84,6 @@ def environment(device: Any = "cpu") -> dict[str, Any]:
         "git_commit": git_commit(),
         "git_dirty": git_dirty(),
         "platform": platform.platform(),
+        # what the trainer computes in on this device: bf16 autocast or fp32 (repro.train.precision)
+        "precision": "bf16" if device.type == "cuda" else cpu_precision(),
     }

@@ -7,6 +7,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Tests compute in fp32 whatever the CPU offers (the book's default is bf16 where the CPU has it
+# natively): hand-computed values and pinned smoke metrics must not depend on the machine. The
+# bf16 path has its own tests (test_train.py), which set REPRO_CPU_PRECISION themselves.
+os.environ.setdefault("REPRO_CPU_PRECISION", "fp32")
 
 
 @pytest.fixture(scope="session")

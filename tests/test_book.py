@@ -411,7 +411,7 @@ def test_write_results_without_records_and_with_bench(tmp_path, monkeypatch):
     md = book.write_results(None, specs).read_text()
     assert ":::{table}" not in md and "No finished cpu, gpu or paper run yet" in md
     assert "| 07-delta | The delta paper | distillation | not yet run |" in md
-    assert "| resnet20 | CPU (2 threads) | fp32 | 128 | 450 | 2025-01-02 |" in md
+    assert "| resnet20 | CPU (2 threads) | fp32 | NCHW | 128 | 450 | 2025-01-02 |" in md
     assert (tmp_path / "results" / "results.csv").read_text().startswith("paper,title,")
     assert not list(tmp_path.rglob("*.tmp"))                # atomic writes leave nothing behind
 

@@ -185,13 +185,21 @@ def test_fit_reports_its_cost_without_knowing_the_run():
 
 # -- precision: fp32 or bf16 autocast + channels_last, on the CPU too ---------------------------
 def test_cpu_precision_switch_is_read_and_validated(monkeypatch):
+    import repro.modes as modes
+
     monkeypatch.delenv(CPU_PRECISION_ENV, raising=False)
-    assert cpu_precision() == "fp32"  # the default
-    for value, want in (("", "fp32"), ("fp32", "fp32"), ("bf16", "bf16"), (" BF16 ", "bf16")):
+    # the default, auto: bf16 where the CPU computes it natively, else fp32
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(modes, "cpu_has_bf16", lambda native=native: native)
+        assert cpu_precision() == want
+        monkeypatch.setenv(CPU_PRECISION_ENV, "auto")
+        assert cpu_precision() == want
+        monkeypatch.delenv(CPU_PRECISION_ENV)
+    for value, want in (("fp32", "fp32"), ("bf16", "bf16"), (" BF16 ", "bf16")):
         monkeypatch.setenv(CPU_PRECISION_ENV, value)
         assert cpu_precision() == want
     monkeypatch.setenv(CPU_PRECISION_ENV, "fp16")
-    with pytest.raises(ValueError, match=r"REPRO_CPU_PRECISION='fp16': expected one of fp32, bf16"):
+    with pytest.raises(ValueError, match=r"REPRO_CPU_PRECISION='fp16': expected one of auto, fp32, bf16"):
         cpu_precision()
     with pytest.raises(ValueError, match="REPRO_CPU_PRECISION"):  # a fit refuses it before training
         fit(_model(), TensorLoader(*_toy(), 16, seed=0), None, TrainConfig(epochs=1, progress=False))

@@ -419,11 +419,14 @@ def _bench_table() -> list[str]:
         return []
     if not runs:
         return []
-    lines = ["| model | device | dtype | batch | images/s | when |", "| --- | --- | --- | --- | --- | --- |"]
-    for r in sorted(runs, key=lambda r: (str(r.get("device_name")), str(r.get("model")))):
+    lines = ["| model | device | dtype | layout | batch | images/s | when |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(runs, key=lambda r: (str(r.get("device_name")), str(r.get("model")), str(r.get("dtype")),
+                                         bool(r.get("channels_last")))):
         ips = r.get("images_per_s")
         lines.append("| " + " | ".join(_cell(x) for x in (
-            r.get("model"), r.get("device_name") or r.get("device"), r.get("dtype"), r.get("batch_size"),
+            r.get("model"), r.get("device_name") or r.get("device"), r.get("dtype"),
+            "channels_last" if r.get("channels_last") else "NCHW", r.get("batch_size"),
             f"{float(ips):,.0f}" if ips is not None else "—", str(r.get("when", ""))[:10])) + " |")
     return lines
 
