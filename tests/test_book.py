@@ -608,3 +608,17 @@ def test_math_is_typeset_by_the_local_mathjax(built):
     proc = _browse(page.as_uri(), "--dump-dom", "--virtual-time-budget=5000")
     assert "<mjx-container" in proc.stdout, "MathJax did not typeset the protocol page"
     assert 'jax="SVG"' in proc.stdout
+
+
+def test_verdict_box_explains_partly():
+    """A paper reads *partly* when its headline holds and another judged claim does not
+    (repro.verdicts.overall); the box names that claim."""
+    from repro.book.chapter import verdict_box
+
+    rec = {"paper": {"name": "24-wa"}, "tier": "cpu", "verdict": "partly", "seeds": [0, 1, 2], "run_id": "r",
+           "claims": [{"id": "gain", "verdict": "reproduced", "reason": "95% CI [+1.00, +2.00] excludes 0",
+                       "ours": {"n": 3}},
+                      {"id": "norms", "verdict": "not reproduced", "reason": "wrong side"}]}
+    box = verdict_box(rec)
+    assert 'data-verdict="partly"' in box
+    assert "excludes 0. The headline claim holds, but norms is not reproduced." in box

@@ -72,6 +72,9 @@ def verdict_box(record: dict[str, Any]) -> str:
         why = "This record fails its audit: " + "; ".join(audit.integrity)
     else:
         why = h.get("reason") or "No claim was judged."
+        if verdict == "partly" and h.get("verdict") == "reproduced":  # repro.verdicts.overall
+            bad = [c["id"] for c in record.get("claims", [])[1:] if c.get("verdict") == "not reproduced"]
+            why = f"{_sentence(why)} The headline claim holds, but {', '.join(bad)} is not reproduced"
     run_id = record.get("run_id") or "—"
     source = f"results/{record['_file']}" if record.get("_file") else \
         f"results/{record['paper']['name']}.{record.get('tier')}.json"
