@@ -119,3 +119,8 @@ def test_markdown_table_escapes_and_checks_widths():
         "| a | b\\|c |\n| --- | ---: |\n| 1 | — |\n| x y | p\\|q |")
     with pytest.raises(ValueError, match="row 0 has 1 cells"):
         markdown_table(["a", "b"], [[1]])
+
+
+def test_table_cells_write_plain_superscripts_as_maths():
+    assert markdown_table(["H* picked on D^HT"], [["usual on D^E's test; $D^{HT}$ stays"]]) == (
+        "| H* picked on $D^{HT}$ |\n| --- |\n| usual on $D^{E}$'s test; $D^{HT}$ stays |")
