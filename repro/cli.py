@@ -59,7 +59,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             tier, verdict = "—", "not yet run"
         else:
             tier = rec["tier"]
-            verdict = shown_verdict(rec, rec["claims"][0]) if rec["claims"] else "no claims"
+            verdict = shown_verdict(rec) if rec["claims"] else "no claims"
             audit = rec["_audit"]
             if audit.integrity:
                 verdict += f" ({'; '.join(audit.integrity)})"
