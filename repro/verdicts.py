@@ -70,7 +70,7 @@ value, else *inconclusive*. At other tiers they read *budget-limited*.
 - Fewer than 3 seeds: at most *inconclusive*.
 
 **Guards** make a verdict *inconclusive*, with the reason:
-- an arm that learned nothing (top-1 at chance level, or 0% on a task);
+- an arm that learned nothing (top-1 at chance level, or at chance on a task right after learning it);
 - two arms that choose the same configuration by construction;
 - an effect with zero spread over seeds whose arms differ, and no test-set error to count.
 

@@ -130,19 +130,31 @@ def note_jobs(run, res: SweepResult) -> None:
     run.note(jobs=run.notes.get("jobs", []) + res.jsonable())
 
 
-def untrained_tasks(A: Sequence[Sequence[float]]) -> list[int]:
-    """Tasks t with A[t][t] = 0: nothing of task t was learned even right after training on it."""
-    return [t for t, row in enumerate(A) if t < len(row) and row[t] == 0.0]
+def untrained_tasks(A: Sequence[Sequence[float]], task_sizes: Sequence[int] | None = None) -> list[int]:
+    """Tasks t that were not learned even right after training on them: A[t][t] at or below
+    chance, the accuracy of guessing among the classes seen so far (100 / their number; 0
+    when the task sizes are unknown)."""
+    out = []
+    for t, row in enumerate(A):
+        if t >= len(row):
+            continue
+        chance = 100.0 / sum(task_sizes[: t + 1]) if task_sizes and len(task_sizes) > t else 0.0
+        if row[t] <= chance:
+            out.append(t)
+    return out
 
 
 def guard_tasks(run, res: SweepResult) -> None:
-    """Flag every arm that scored 0% on a task right after learning it (a guard of the verdict
-    rule: such an arm learned nothing there, so a comparison with it says nothing)."""
+    """Flag every arm that scored at or below chance on a task right after learning it (a guard
+    of the verdict rule: such an arm learned nothing there, so a comparison with it says nothing)."""
     for j in res.jobs:
-        bad = untrained_tasks((j.get("extra") or {}).get("A") or [])
+        extra = j.get("extra") or {}
+        A = extra.get("A") or []
+        bad = untrained_tasks(A, extra.get("task_sizes"))
         if bad:
-            run.flag(f"arm {j['arm']} scored 0% on task {bad[0]} right after learning it (seed {j['seed']})",
-                     arm=j["arm"])
+            t = bad[0]
+            run.flag(f"arm {j['arm']} scored {A[t][t]:.1f}% (at or below chance) on task {t} right after "
+                     f"learning it (seed {j['seed']})", arm=j["arm"])
 
 
 # --------------------------------------------------------------------------- chapter 10 (nmc)
