@@ -337,7 +337,8 @@ class Run:
                 verdict, reason = judge(c, ev, self.tier)
             comp = comparable(c, self.tier)
             diff = iv["mean"] - c.paper_value if iv and comp and c.paper_value is not None else None
-            mde = smallest_detectable(iv["std"], ev.test_var, iv["n"]) if iv else None
+            # no spread and no test-set error: nothing was estimated, so no power either
+            mde = smallest_detectable(iv["std"], ev.test_var, iv["n"]) if iv and iv["se"] > 0 else None
             claims.append({**c.__dict__, "tiers": list(c.tiers), "comparable": comp,
                            "comparable_tiers": list(c.comparable), "key": c.key,
                            "ours": None if iv is None else {k: iv[k] for k in

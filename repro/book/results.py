@@ -96,7 +96,7 @@ def _mde(claim: dict[str, Any]) -> str:
     """The smallest effect the run could detect, with its unit (and the seeds the paper's
     effect would need, when known)."""
     mde = claim.get("mde")
-    if mde is None:
+    if mde is None or mde == 0:  # 0: no spread and no test-set error, nothing was estimated
         return "—"
     text = f"{_num(mde)} {claim.get('unit', '')}".strip()
     need = claim.get("seeds_needed")
