@@ -138,7 +138,10 @@ def test_smoke_metrics_are_pinned(name, tmp_path, monkeypatch):
     assert set(want) <= set(got)
     for metric, per_seed in want.items():
         for seed, value in per_seed.items():
-            assert got[metric][seed] == pytest.approx(value, rel=1e-9, abs=1e-9), f"{metric} seed {seed}"
+            # rel 1e-4: CPUs with other vector units (AMX or not) round differently, by ~1e-6
+            # relative after two epochs; a refactor that changed results would change random
+            # streams or code paths, and move them by percent, not by parts per million.
+            assert got[metric][seed] == pytest.approx(value, rel=1e-4, abs=1e-6), f"{metric} seed {seed}"
 
 
 @pytest.mark.slow
