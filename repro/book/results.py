@@ -202,8 +202,9 @@ def _link(name: str, chapters: set[str], prefix: str = "chapters/") -> str:
 def _summary_row(rec: dict[str, Any], chapters: set[str]) -> list[str]:
     name = rec["paper"]["name"]
     h = (rec.get("claims") or [{}])[0]
-    full = _cell(h.get("text"))
-    claim = f'<span title="{html.escape(full, quote=True)}">{_cell(shorten(h.get("text", "")))}</span>'
+    # a tooltip is plain text: no maths markup; "|" as an entity, so the table row holds
+    full = html.escape(" ".join(str(h.get("text") or "").split()), quote=True).replace("|", "&#124;")
+    claim = f'<span title="{full}">{_cell(shorten(h.get("text", "")))}</span>'
     seeds = str((h.get("ours") or {}).get("n") or len(rec.get("seeds") or []))
     return [_link(name, chapters), claim, verdict_badge(shown_verdict(rec)), _cell(rec.get("tier")), seeds,
             _mde(h)]
