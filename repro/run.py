@@ -323,7 +323,7 @@ class Run:
                 continue
             evidence[c.key] = ev
             if c.arm is not None:
-                metrics[c.key] = {"per_seed": ev.per_seed, **{k: v for k, v in mean_ci(list(ev.per_seed.values())).items()}}
+                metrics[c.key] = {"per_seed": ev.per_seed, **mean_ci(list(ev.per_seed.values()))}
         if missing and not self.dry:
             raise RecordError(f"{self.spec.name}: the run has no value for claim metric(s) "
                               f"{', '.join(missing)}; log them with run.log(seed, ...) or sweep the arms they name")
