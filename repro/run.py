@@ -176,11 +176,17 @@ class Run:
         for seed, values in per_seed.items():
             self.log(seed, **values)
 
-    def add_row(self, arm: str, seed: int, metric: str, value: float, n_test: int = 0) -> None:
+    def add_row(self, arm: str, seed: int, metric: str, value: float, n_test: int = 0,
+                test_var: float | None = None) -> None:
         """One tidy result row (the sweep writes these): ``metric`` of ``arm`` for ``seed``,
-        estimated on ``n_test`` test images (0: not a test-set estimate)."""
-        self.rows.append({"arm": str(arm), "seed": int(seed), "metric": str(metric), "value": float(value),
-                          "n_test": int(n_test)})
+        estimated on ``n_test`` test images (0: not a test-set estimate); ``test_var``: the
+        value's own test-set sampling variance where the chapter knows it (AUROC), which the
+        verdict rule then uses instead of the binomial one."""
+        row = {"arm": str(arm), "seed": int(seed), "metric": str(metric), "value": float(value),
+               "n_test": int(n_test)}
+        if test_var is not None:
+            row["test_var"] = float(test_var)
+        self.rows.append(row)
 
     def claim_values(self, claim: Any) -> dict[str, float] | None:
         """seed → the claim's value: its logged metric, or, for a claim that names an arm,

@@ -41,6 +41,7 @@ class Job:
     train_images: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     model: Any = None
+    test_var: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_fits(cls, fits: Iterable[Any], metrics: dict[str, float], n_test: int = 0, **kw: Any) -> "Job":
@@ -112,10 +113,12 @@ def sweep(run: Any, jobs: Mapping[str, JobFn], seeds: Sequence[int] | None = Non
         row = {"arm": label, "seed": seed, "metrics": dict(res.metrics), "n_test": res.n_test,
                "train_s": res.train_s, "train_images": res.train_images, "wall_s": time.time() - t0,
                "extra": res.extra}
+        if res.test_var:
+            row["test_var"] = dict(res.test_var)
         if keep_models:
             row["model"] = res.model
         out.append(row)
         for metric, value in res.metrics.items():
-            run.add_row(label, seed, metric, value, res.n_test)
+            run.add_row(label, seed, metric, value, res.n_test, res.test_var.get(metric))
     bar.close()
     return SweepResult(out)

@@ -41,7 +41,10 @@ the known test term dominates). Every seed is scored on the same test images, so
 more seeds. For accuracies (top-1, average incremental accuracy, last-task accuracy, test
 error) v_test is binomial, 100²·(p_a(1 − p_a) + p_b(1 − p_b))/N on N test images, averaged over
 seeds. It ignores the correlation between two models scored on the same images, so it errs on
-the wide side. Other metrics (ECE, forgetting, R², timings) count the spread over seeds only.
+the wide side. A chapter may store a metric's own test-set variance with each per-seed value
+(AUROC: the Hanley–McNeil variance; coverage or abstention rate: binomial on the images they
+count); v_test is then that variance, summed over arm and baseline and averaged over seeds.
+Other metrics (ECE, forgetting, R², timings) count the spread over seeds only.
 No accuracy interval has zero width.
 
 **Effect claims** (the paper says the difference is positive, or negative):
@@ -186,6 +189,10 @@ def claim_evidence(claim: Any, rows: Sequence[dict[str, Any]], logged: dict[str,
     def of(arm: str) -> dict[str, tuple[float, int]]:
         return {str(r["seed"]): (float(r["value"]), int(r.get("n_test", 0))) for r in rows
                 if r["arm"] == arm and r["metric"] == claim.metric}
+
+    def stored(arm: str) -> dict[str, float]:
+        return {str(r["seed"]): float(r["test_var"]) for r in rows
+                if r["arm"] == arm and r["metric"] == claim.metric and r.get("test_var") is not None}
     a = of(claim.arm)
     b = of(claim.baseline) if claim.baseline else {}
     seeds = [s for s in a if not claim.baseline or s in b]
@@ -193,7 +200,12 @@ def claim_evidence(claim: Any, rows: Sequence[dict[str, Any]], logged: dict[str,
         return None
     per_seed = {s: a[s][0] - (b[s][0] if claim.baseline else 0.0) for s in seeds}
     test_var = 0.0
-    if uses_binomial(claim):
+    va, vb = stored(claim.arm), stored(claim.baseline) if claim.baseline else {}
+    if getattr(claim, "test_noise", "auto") != "none" and va and all(s in va for s in seeds) \
+            and (not claim.baseline or all(s in vb for s in seeds)):
+        # the chapter's own test-set variance of this metric (e.g. Hanley–McNeil for AUROC)
+        test_var = sum(va[s] + (vb[s] if claim.baseline else 0.0) for s in seeds) / len(seeds)
+    elif uses_binomial(claim):
         v = [binomial_var(a[s][0], a[s][1]) + (binomial_var(b[s][0], b[s][1]) if claim.baseline else 0.0)
              for s in seeds]
         test_var = sum(v) / len(v)

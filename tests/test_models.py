@@ -26,6 +26,7 @@ PUBLISHED = {
     "resnet8x4": 1.23e6,
     "resnet32x4": 7.43e6,
     "resnet18": 11.22e6,
+    "resnet34": 21.33e6,
     "wrn16_2": 0.70e6,
     "wrn16_4": 2.77e6,
     "wrn40_2": 2.26e6,
@@ -45,7 +46,7 @@ def _seed() -> None:
 def test_registry_contents() -> None:
     expected = {
         "resnet8", "resnet20", "resnet32", "resnet56", "resnet110",
-        "resnet8x4", "resnet32x4", "resnet18",
+        "resnet8x4", "resnet32x4", "resnet18", "resnet34",
         "wrn16_2", "wrn16_4", "wrn16_8", "wrn28_4", "wrn28_10", "wrn40_2",
         "cnn3", "cnn3_mlp", "vgg11_bn", "vgg16_bn",
         "vit_micro_p4", "vit_tiny_p4", "vit_small_p4",

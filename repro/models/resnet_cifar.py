@@ -7,7 +7,7 @@ Two families:
   16/32/64 channels; ``resnet8x4`` and ``resnet32x4`` are the 4x-wide variants
   used as teachers/students in the CRD distillation benchmark (Tian et al.
   2020), stem 32 and stages 64/128/256.
-* ``resnet18``: the ImageNet BasicBlock ResNet-18 (stages 64/128/256/512, two
+* ``resnet18`` (and ``resnet34``): the ImageNet BasicBlock ResNet-18 (stages 64/128/256/512, two
   blocks each) with a 3x3 stride-1 stem and no max-pool, the common CIFAR
   adaptation.
 
@@ -221,3 +221,10 @@ def resnet32x4(num_classes: int = 100, **kw) -> ResNet:
 def resnet18(num_classes: int = 100, **kw) -> ResNet:
     """ResNet-18 for CIFAR: 3x3 stride-1 stem, no max-pool, ~11.22M parameters."""
     return ResNet(64, (64, 128, 256, 512), (2, 2, 2, 2), num_classes=num_classes, **kw)
+
+
+@register("resnet34")
+def resnet34(num_classes: int = 100, **kw) -> ResNet:
+    """ResNet-34 for CIFAR (stages of 3/4/6/3 BasicBlocks, widths as resnet18): the encoder of
+    PALM and CIDER, ~21.3M parameters."""
+    return ResNet(64, (64, 128, 256, 512), (3, 4, 6, 3), num_classes=num_classes, **kw)

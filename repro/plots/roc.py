@@ -62,3 +62,47 @@ def roc_plot(curves: Mapping[str, tuple[Any, Any]], setting: str | None,
         ax.set_title(title)
     annotate_setting(fig, setting)
     return fig, jsonable({"curves": out, "positive": "in-distribution", "setting": setting, "title": title})
+
+
+def roc_panels(panels: Mapping[str, Mapping[str, tuple[Any, Any]]], setting: str | None,
+               ncols: int | None = None, xlabel: str = "false-positive rate (OOD accepted)",
+               ylabel: str = "true-positive rate (in-dist. accepted)") -> tuple[Figure, dict]:
+    """ROC curves in one panel per key of ``panels`` (an OOD set, a corruption severity…),
+    the curves of each panel overlaid with their AUROC in the legend.
+
+    Args:
+        panels: ``panel title -> label -> (scores_pos [N_pos], scores_neg [N_neg])``; higher
+            score = more likely positive.
+        setting: caption stating the experimental setting.
+
+    Returns:
+        ``(fig, data)``; ``data["panels"][title][label] = {fpr, tpr, auroc}``.
+    """
+    n = max(1, len(panels))
+    ncols = ncols or min(n, 4)
+    nrows = -(-n // ncols)
+    fig, axes = new_figure(ncols=ncols, nrows=nrows, width=3.0 * ncols, height=3.0 * nrows + 0.4)
+    axes = np.atleast_1d(axes).reshape(-1)
+    out: dict[str, Any] = {}
+    for ax, (title, curves) in zip(axes, panels.items()):
+        out[title] = {}
+        for i, (label, (s_pos, s_neg)) in enumerate(curves.items()):
+            fpr, tpr, _ = roc_curve(s_pos, s_neg)
+            fpr, tpr = _thin(fpr, tpr, max_points=600)
+            a = auroc(s_pos, s_neg)
+            ax.plot(fpr, tpr, color=f"C{i % 10}", linewidth=1.2, label=f"{label} ({a:.3f})")
+            out[title][label] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auroc": a}
+        ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=0.8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_aspect("equal")
+        ax.set_title(title)
+        ax.legend(loc="lower right", title="AUROC", fontsize="small", title_fontsize="small")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[::ncols]:
+        ax.set_ylabel(ylabel)
+    for ax in axes[(nrows - 1) * ncols:]:
+        ax.set_xlabel(xlabel)
+    annotate_setting(fig, setting)
+    return fig, jsonable({"panels": out, "setting": setting})
