@@ -22,8 +22,8 @@ EPILOG = """examples:
   repro sync msdropout                         rewrite a notebook's parameters cell from its spec
   repro results                                regenerate book/results.md and results/results.csv
   repro book                                   build the HTML book into _build/html
-  repro data unpack ../shared/data             assemble the project's verified CIFAR-100 copy
-  repro data download                          fetch the official archive (needs network)
+  repro data unpack ../shared/data             assemble the project's verified CIFAR-100 (and CIFAR-10 test) copy
+  repro data download                          fetch the official archives (needs network)
   repro bench                                  training images/s in fp32 and bf16 (± channels_last) here
   repro run pld --tier gpu --dry-run           check that the gpu tier runs, one step per fit
   repro teachers                               stored distillation teachers
@@ -318,15 +318,25 @@ def cmd_data(args: argparse.Namespace) -> int:
         elif args.action == "verify":
             for name, kind in data.verify(root).items():
                 print(f"{name}: ok ({kind})")
+            if (root / data.cifar10.FOLDER10).is_dir():
+                for name, kind in data.verify_cifar10(root).items():
+                    print(f"cifar-10 {name}: ok ({kind})")
+            else:
+                print("cifar-10 test set: absent (the OOD chapters 31 and 44 need it: repro data download)")
         elif args.action == "download":
             data.download(root)
             print(f"CIFAR-100 ready in {root}")
+            data.download_cifar10(root)
+            print(f"CIFAR-10 test set (an OOD set) ready in {root}")
         elif args.action == "unpack":
             if not args.source:
                 print("repro data unpack SOURCE: the folder with cifar-100-python.tar.xz.part0..3", file=sys.stderr)
                 return 2
             data.unpack_parts(Path(args.source), root)
             print(f"CIFAR-100 ready in {root}")
+            if (Path(args.source) / "cifar-10-test.tar.xz").is_file():
+                data.unpack_cifar10(Path(args.source), root)
+                print(f"CIFAR-10 test set ready in {root}")
     except data.DataError as exc:
         return _fail(exc, "repro data")
     return 0
@@ -400,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_results)
     s = sub.add_parser("book", help="build the HTML book from the stored executed chapters (never trains)")
     s.set_defaults(func=cmd_book)
-    s = sub.add_parser("data", help="CIFAR-100: where it is, verify, download, or unpack the verified copy")
+    s = sub.add_parser("data", help="CIFAR-100 (and the CIFAR-10 test set, an OOD set): where, verify, download, or unpack the verified copy")
     s.add_argument("action", choices=["where", "verify", "download", "unpack"])
     s.add_argument("source", nargs="?", help="for unpack: folder with cifar-100-python.tar.xz.part0..3")
     s.add_argument("--root", help="data folder (default $REPRO_DATA or ~/.cache/repro/data)")

@@ -60,8 +60,11 @@ class _FakeRun:
     def checkpoint_dir(self, *key):
         return self.tmp / "-".join(map(str, key))
 
-    def add_row(self, arm, seed, metric, value, n_test=0):
-        self.rows.append({"arm": arm, "seed": seed, "metric": metric, "value": value, "n_test": n_test})
+    def add_row(self, arm, seed, metric, value, n_test=0, test_var=None):
+        row = {"arm": arm, "seed": seed, "metric": metric, "value": value, "n_test": n_test}
+        if test_var is not None:
+            row["test_var"] = test_var
+        self.rows.append(row)
 
 
 def test_sweep_seeds_each_job_and_writes_tidy_rows(tmp_path):

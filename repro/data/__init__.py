@@ -16,7 +16,7 @@ import torch
 
 from .cifar import (DATA_ENV, MEAN, STD, DataError, Split, default_root, download, ensure,
                     load_split, unpack_parts, verify)
-from .cifar10 import download_cifar10, load_cifar10_test, verify_cifar10, write_fake_cifar10
+from .cifar10 import download_cifar10, load_cifar10_test, unpack_cifar10, verify_cifar10, write_fake_cifar10
 from .corruptions import CORRUPTIONS, SEVERITIES, corrupt, corruption_grid
 from .fake import write_fake_cifar100
 from .loader import TensorLoader, random_crop_flip, to_uint8_tensor
@@ -30,7 +30,7 @@ __all__ = [
     "random_crop_flip", "to_uint8_tensor", "ORDER_1993", "SCENARIOS", "balanced_indices",
     "class_order", "incremental_tasks", "pick_classes", "relabel", "scenario_tasks",
     "train_val_split", "Dataset", "load", "load_cifar10_test", "download_cifar10", "verify_cifar10",
-    "write_fake_cifar10", "CORRUPTIONS", "SEVERITIES", "corrupt", "corruption_grid", "OOD_SETS",
+    "unpack_cifar10", "write_fake_cifar10", "CORRUPTIONS", "SEVERITIES", "corrupt", "corruption_grid", "OOD_SETS",
     "OOD_DESCRIPTIONS", "ood_images",
 ]
 

@@ -150,6 +150,26 @@ def download_cifar10(root: Path | None = None, url: str = URL10, progress: bool 
     return root
 
 
+def unpack_cifar10(shared: Path, root: Path | None = None) -> Path:
+    """Extract the project's verified copy (``cifar-10-test.tar.xz``: test_batch and
+    batches.meta) into ``root`` and verify it."""
+    shared, root = Path(shared), Path(root) if root is not None else default_root()
+    archive = shared / "cifar-10-test.tar.xz"
+    if not archive.is_file():
+        raise DataError(f"no cifar-10-test.tar.xz in {shared}")
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        target = root / FOLDER10
+        target.mkdir(exist_ok=True)
+        (target / FAKE_MARKER).unlink(missing_ok=True)
+        for name in ACCEPTED_MD5_10:
+            os.replace(Path(tmp) / FOLDER10 / name, target / name)
+    verify_cifar10(root)
+    return root
+
+
 def write_fake_cifar10(root: Path, n: int = 100, seed: int = 0) -> Path:
     """Write ``root/cifar-10-batches-py/{test_batch,batches.meta}`` with random pixels.
 

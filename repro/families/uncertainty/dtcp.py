@@ -39,7 +39,11 @@ def check_params(params: Mapping[str, Any]) -> None:
     k_reg ≥ 0, known corruptions, severities in 1–5 (ParameterError otherwise)."""
     from ...data.corruptions import CORRUPTIONS, SEVERITIES
 
+    from ...arms import make_config
+    from .arms.ce import CEConfig, check_backbone
+
     cp.check_alpha(params["alpha"])
+    check_backbone(make_config(CEConfig, params))
     if params["raps_lambda"] < 0 or params["raps_k"] < 0:
         raise ParameterError(f"raps_lambda ({params['raps_lambda']}) and raps_k ({params['raps_k']}) must be ≥ 0")
     bad = [c for c in params["corruptions"] if c not in CORRUPTIONS]
