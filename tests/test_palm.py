@@ -287,3 +287,43 @@ def test_arms_train_return_a_model_and_resume(tiny, tmp_path, name):
         assert torch.equal(v, w), k
     if name == "palm":
         assert int(again.model.palm.steps) == len(tiny.y_train) // 16  # the buffer came back
+
+
+def test_class_logits_are_fp32_under_bf16_autocast():
+    torch.manual_seed(8)
+    m = PALMLoss(3, 2, 8)
+    z = F.normalize(torch.randn(4, 8), dim=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m.class_logits(z)
+    assert out.dtype == torch.float32 and torch.allclose(out, m.class_logits(z))
+
+
+def test_palm_interrupted_run_resumes_like_an_uninterrupted_one(tiny, tmp_path, monkeypatch):
+    # Interrupted in the first batch of epoch 2, the run resumes from epoch 1's checkpoint: the
+    # views of epoch 2 continue the stream (palm.steps), so the model equals a straight run's.
+    # (Interrupting later in an epoch is not exact for any arm: fit saves the loader's
+    # augmentation generator after it has drawn the interrupted batch.)
+    from repro import arms
+    from repro.families.uncertainty.arms import palm
+
+    cfg = arms.make_config(palm.PALMConfig, {"model": "cnn3", "width": 8, "epochs": 2, "batch_size": 16,
+                                             "lr": 0.05, "warmup_epochs": 0.0, "prototypes": 2,
+                                             "topk": 1, "momentum": 0.9})
+    straight = palm.train_palm(cfg, tiny, 0, None)
+    call = palm.PALMStep.__call__
+    calls = {"n": 0}
+
+    def interrupt_at_fifth(self, model, x, y):
+        calls["n"] += 1
+        if calls["n"] == 5:  # 4 batches an epoch: the first of epoch 2
+            raise KeyboardInterrupt
+        return call(self, model, x, y)
+
+    monkeypatch.setattr(palm.PALMStep, "__call__", interrupt_at_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        palm.train_palm(cfg, tiny, 0, tmp_path / "ck")
+    monkeypatch.setattr(palm.PALMStep, "__call__", call)
+    resumed = palm.train_palm(cfg, tiny, 0, tmp_path / "ck")
+    assert resumed.fits[0].resumed_from_epoch == 1 and int(resumed.model.palm.steps) == 8
+    for (k, v), w in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(v.float(), w.float(), atol=1e-6), k

@@ -16,7 +16,7 @@ from repro import metrics  # noqa: E402
 from repro.plots.landscape import recalibrate_bn  # noqa: E402
 from repro.plots import (annotate_setting, attention_grid, attention_rollout, bar_with_errors,  # noqa: E402
                          filter_normalized_directions, interpolate_1d, new_figure, plane_2d,
-                         plot_1d, plot_2d, reliability_diagram, roc_plot, save, training_curves)
+                         plot_1d, plot_2d, reliability_diagram, roc_panels, roc_plot, save, training_curves)
 
 SETTING = "tier cpu · 2 seeds · 20 classes × 250 img · cnn3"
 
@@ -251,6 +251,21 @@ def test_roc_plot():
     assert area == pytest.approx(c["auroc"])  # thinning kept the curve's corners
     assert data["curves"]["perfect"]["auroc"] == 1.0
     assert any("AUROC" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
+def test_roc_panels_one_panel_per_set_with_exact_auroc():
+    rng = np.random.default_rng(1)
+    s_in = rng.normal(1, 1, 500)
+    panels = {"near": {"a": (s_in, rng.normal(0.5, 1, 300)), "b": ([2.0, 3.0], [0.0, 1.0])},
+              "far": {"a": (s_in, rng.normal(-2, 1, 300))}}
+    fig, data = roc_panels(panels, SETTING)
+    _check(fig, data)
+    assert list(data["panels"]) == ["near", "far"]
+    assert data["panels"]["near"]["b"]["auroc"] == 1.0
+    for title, curves in panels.items():
+        for label, (a, b) in curves.items():
+            assert data["panels"][title][label]["auroc"] == pytest.approx(metrics.auroc(a, b))
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["near", "far"]
 
 
 def test_reliability_diagram():

@@ -168,6 +168,9 @@ class PALMLoss(nn.Module):
     def class_logits(self, z: torch.Tensor) -> torch.Tensor:
         """``[N, C]`` class scores: for each class the largest ``z·p/τ`` over its K prototypes
         (the nearest prototype of the class). A model's forward returns these, so accuracy
-        and logit-based OOD scores (MSP, energy, max-logit) are read from the prototypes."""
-        logits = z.float() @ self.prototypes.T / self.temperature
+        and logit-based OOD scores (MSP, energy, max-logit) are read from the prototypes.
+        Computed in fp32 even under autocast: bf16 cosines / τ = 0.1 would be coarse enough to
+        tie the logit scores."""
+        with torch.autocast(z.device.type, enabled=False):
+            logits = z.float() @ self.prototypes.T / self.temperature
         return logits.view(-1, self.k, self.num_classes).amax(1)
