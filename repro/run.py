@@ -401,8 +401,9 @@ class Run:
         for c in rec["claims"]:
             pv = "—" if c["paper_value"] is None else f"{c['paper_value']:+g} {c['unit']}"
             o = c["ours"]
-            ours = "—" if o is None else (f"{o['mean']:+.2f} {c['unit']} [{o['ci_low']:+.2f}, {o['ci_high']:+.2f}], "
-                                          f"n={o['n']}")
+            def f(x: Any) -> str:  # an undefined value (an AUROC without positives) is None in JSON
+                return "n/a" if x is None else f"{x:+.2f}"
+            ours = "—" if o is None else f"{f(o['mean'])} {c['unit']} [{f(o['ci_low'])}, {f(o['ci_high'])}], n={o['n']}"
             mde = "—" if c.get("mde") is None else f"{c['mde']:.2f}"
             rows.append([c["text"], pv, ours, mde, f"**{c['verdict'] or 'not judged'}**", c["reason"]])
         return markdown_table(["claim", "paper", "ours (mean, 95% CI incl. test-set error, seeds)",
