@@ -365,14 +365,16 @@ def fit(
         partial = state.get("partial")
         resumed = start_epoch
 
-    def checkpoint(epoch: int, part: dict[str, Any] | None = None) -> None:
+    def checkpoint(epoch: int, part: dict[str, Any] | None = None,
+                   rng: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> None:
         if ckpt is None:
             return
+        rng_cpu, rng_cuda = rng or (torch.get_rng_state(), torch.cuda.get_rng_state() if cuda else None)
         save_torch(ckpt, {
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "plan": plan.state_dict(),
             "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in callbacks],
-            "rng_cpu": torch.get_rng_state(), "rng_cuda": torch.cuda.get_rng_state() if cuda else None,
+            "rng_cpu": rng_cpu, "rng_cuda": rng_cuda,
             "history": history, "step": step, "epoch": epoch, "train_s": train_s, "images": images,
             "partial": part, "config": asdict(cfg), "precision": prec.tag,
         })
@@ -400,6 +402,12 @@ def fit(
                 correct += partial["correct"]
                 gen.set_state(partial["gen_state"])
             skip = done_in_epoch
+
+            def snapshot() -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor | None]]:
+                # The random state the next batch starts from: an interrupt inside a batch
+                # (after its crops or dropout masks were drawn) must resume from here.
+                return gen.get_state(), (torch.get_rng_state(), torch.cuda.get_rng_state() if cuda else None)
+            gen_state, rng_state = snapshot()
             try:
                 for batch_id, idx in batches:
                     if skip:
@@ -433,6 +441,7 @@ def fit(
                     if logits is not None and logits.dim() == 2 and logits.shape[0] == n:
                         correct += (logits.detach().argmax(1) == y).sum()
                     done_in_epoch += 1  # the batch is trained: an interrupt from here on keeps it
+                    gen_state, rng_state = snapshot()
                     if callbacks or not isinstance(plan, AllBatches):
                         lv = ld.item()
                         plan.observe(batch_id, lv)
@@ -446,7 +455,7 @@ def fit(
                     dt = time.perf_counter() - t0
                     checkpoint(epoch, {"epoch": epoch, "pos": done_in_epoch, "seen": seen,
                                        "seconds": spent + dt, "loss_sum": loss_sum.detach().cpu(),
-                                       "correct": correct.detach().cpu(), "gen_state": gen.get_state()})
+                                       "correct": correct.detach().cpu(), "gen_state": gen_state}, rng_state)
                 raise
             partial = None
             if cuda:

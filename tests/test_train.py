@@ -158,6 +158,37 @@ def test_interrupt_saves_the_batch_it_was_in_and_resumes_exactly(tmp_path, monke
     assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in straight.history])
 
 
+def test_interrupt_inside_a_batch_resumes_with_the_random_state_of_its_start(tmp_path):
+    """An interrupt that lands inside a batch, after its crops and a draw from the global RNG
+    (a dropout mask) were made, resumes from the random state the batch started from."""
+    import torch.nn.functional as F
+
+    calls = {"n": 0}
+
+    def loss_fn(model, x, y, stop_at=None):
+        calls["n"] += 1
+        noise = 0.01 * torch.rand(())  # a draw from the global RNG, as a dropout mask is
+        if calls["n"] == stop_at:
+            raise KeyboardInterrupt
+        logits = model(x)
+        return F.cross_entropy(logits, y) + noise, logits
+
+    imgs, labels = _toy()
+    cfg = TrainConfig(epochs=3, lr=0.05, progress=False)
+    torch.manual_seed(0)
+    straight = fit(_model(), TensorLoader(imgs, labels, 16, seed=0), None, cfg, loss_fn=loss_fn)
+    torch.manual_seed(0)
+    stop = calls["n"] + 10  # inside the fourth batch of the second epoch (6 batches an epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(), TensorLoader(imgs, labels, 16, seed=0), None, cfg, checkpoint_dir=tmp_path,
+            loss_fn=lambda m, x, y: loss_fn(m, x, y, stop_at=stop))
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["partial"]["pos"] == 3
+    torch.manual_seed(123)  # whatever the global state now, the checkpoint's is restored
+    resumed = fit(_model(), TensorLoader(imgs, labels, 16, seed=0), None, cfg, checkpoint_dir=tmp_path, loss_fn=loss_fn)
+    for x, y in zip(resumed.model.state_dict().values(), straight.model.state_dict().values()):
+        assert torch.equal(x, y)
+
+
 def test_every_epoch_is_checkpointed_by_default(tmp_path):
     imgs, labels = _toy()
     seen = []
