@@ -79,9 +79,9 @@ def roc_panels(panels: Mapping[str, Mapping[str, tuple[Any, Any]]], setting: str
         ``(fig, data)``; ``data["panels"][title][label] = {fpr, tpr, auroc}``.
     """
     n = max(1, len(panels))
-    ncols = ncols or min(n, 4)
+    ncols = min(ncols or 3, n, 3)  # the book's text column holds three readable panels a row
     nrows = -(-n // ncols)
-    fig, axes = new_figure(ncols=ncols, nrows=nrows, width=3.0 * ncols, height=3.0 * nrows + 0.4)
+    fig, axes = new_figure(ncols=ncols, nrows=nrows, width=2.6 * ncols + 0.4, height=2.6 * nrows + 0.6)
     axes = np.atleast_1d(axes).reshape(-1)
     out: dict[str, Any] = {}
     for ax, (title, curves) in zip(axes, panels.items()):
@@ -97,7 +97,9 @@ def roc_panels(panels: Mapping[str, Mapping[str, tuple[Any, Any]]], setting: str
         ax.set_ylim(0, 1.01)
         ax.set_aspect("equal")
         ax.set_title(title)
-        ax.legend(loc="lower right", title="AUROC", fontsize="small", title_fontsize="small")
+        ax.legend(loc="lower right", title="AUROC", fontsize="small", title_fontsize="small",
+                  handlelength=1.0, borderpad=0.3, labelspacing=0.2, frameon=True, framealpha=0.85,
+                  edgecolor="none")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     for ax in axes[::ncols]:

@@ -16,8 +16,10 @@ def plot_vs_severity(panels: Mapping[str, Mapping[str, Mapping[int, Sequence[flo
     """One panel per quantity (``title → corruption → severity → per-seed values``): a line per
     corruption through the mean over seeds, a band over the seeds' min–max, and optional
     horizontal guides (``title → y``, e.g. the target coverage 1 − α)."""
-    fig, axes = new_figure(ncols=len(panels), width=3.6 * len(panels), height=3.4)
-    axes = np.atleast_1d(axes)
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = new_figure(ncols=ncols, nrows=nrows, width=2.6 * ncols + 0.4, height=2.4 * nrows + 0.6)
+    axes = np.atleast_1d(axes).reshape(-1)
     out: dict[str, Any] = {}
     for ax, (title, per_c) in zip(axes, panels.items()):
         out[title] = {}
@@ -31,17 +33,26 @@ def plot_vs_severity(panels: Mapping[str, Mapping[str, Mapping[int, Sequence[flo
             out[title][c] = {"severity": ks, "mean": mean.tolist(), "seeds": [v.tolist() for v in vals]}
         if guides and title in guides:
             ax.axhline(guides[title], color="0.3", linestyle=":", linewidth=1)
-        ax.set_title(title)
+        ax.set_title(title, fontsize="medium")
         ax.set_xlabel("severity")
         ax.set_xticks(sorted({k for per_k in per_c.values() for k in per_k}))
-    axes[0].legend(loc="best", fontsize="small")
+    spare = axes[len(panels):]
+    for ax in spare:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if len(spare):  # the legend goes in the first empty cell of the grid
+        spare[0].set_visible(True)
+        spare[0].axis("off")
+        spare[0].legend(handles, labels, loc="center", title="corruption")
+    else:
+        axes[0].legend(loc="best", fontsize="small")
     annotate_setting(fig, setting)
     return fig, jsonable({"panels": out, "guides": dict(guides or {}), "setting": setting})
 
 
 def plot_set_size_hist(sizes: Mapping[str, np.ndarray], setting: str, num_classes: int):
     """Histograms of prediction-set sizes, one step line per set (clean, severities…)."""
-    fig, ax = new_figure(width=5.0, height=3.4)
+    fig, ax = new_figure(width=5.0, height=3.2)
     bins = np.arange(0, num_classes + 2) - 0.5
     out = {}
     for i, (name, s) in enumerate(sizes.items()):
@@ -60,7 +71,7 @@ def plot_set_size_hist(sizes: Mapping[str, np.ndarray], setting: str, num_classe
 def plot_score_hist(scores: Mapping[str, Mapping[str, np.ndarray]], setting: str, ind: str = "test"):
     """Score histograms, one panel per model (``model → set → scores``): the in-distribution
     set filled, each OOD set as a line."""
-    fig, axes = new_figure(ncols=len(scores), width=3.8 * len(scores), height=3.2)
+    fig, axes = new_figure(ncols=len(scores), width=2.0 * len(scores) + 1.6, height=2.8)
     axes = np.atleast_1d(axes)
     out: dict[str, Any] = {}
     for ax, (model, per_set) in zip(axes, scores.items()):
@@ -77,10 +88,10 @@ def plot_score_hist(scores: Mapping[str, Mapping[str, np.ndarray]], setting: str
                 ax.step(centres, h, where="mid", color=f"C{i}", label=name.replace("_", " "))
             out[model][name] = h.tolist()
         ax.set_title(model)
-        ax.set_xlabel("score (higher = more in-distribution)")
+        ax.set_xlabel("score")
         ax.set_yticks([])
-    axes[0].set_ylabel("density")
-    axes[-1].legend(fontsize="small")
+    axes[0].set_ylabel("density (higher score: in-dist.)")
+    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
     annotate_setting(fig, setting)
     return fig, jsonable({"histograms": out, "setting": setting})
 
@@ -91,7 +102,7 @@ def plot_auroc_bars(summary: Mapping[str, Mapping[str, Mapping[str, float]]], sp
     value}``), with each seed's value as a dot (``spread[model][detector]``)."""
     models = list(summary)
     dets = list(next(iter(summary.values())))
-    fig, ax = new_figure(width=max(5.0, 1.1 * len(dets) * max(1, len(models)) * 0.6 + 2), height=3.6)
+    fig, ax = new_figure(width=min(7.4, 1.0 + 0.55 * len(dets) * max(1, len(models))), height=3.2)
     w = 0.8 / max(1, len(models))
     for i, m in enumerate(models):
         xs = np.arange(len(dets)) + (i - (len(models) - 1) / 2) * w

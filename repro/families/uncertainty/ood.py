@@ -127,6 +127,19 @@ def detector_rows(run: Any, result: SweepResult, detectors: Sequence[str], metri
                                 (j.get("test_var") or {}).get(key))
 
 
+def with_interval(result: SweepResult, arm: str, key: str) -> str:
+    """``mean [low, high]`` of one metric of one model: the book's interval, seed spread plus the
+    metric's test-set variance (averaged over seeds)."""
+    from ...verdicts import interval
+
+    jobs = [j for j in result.of(arm) if key in j["metrics"]]
+    if not jobs:
+        return "—"
+    tv = [float((j.get("test_var") or {}).get(key, 0.0)) for j in jobs]
+    iv = interval([j["metrics"][key] for j in jobs], sum(tv) / len(tv))
+    return f"{iv['mean']:.1f} [{iv['ci_low']:.1f}, {iv['ci_high']:.1f}]"
+
+
 def summary(result: SweepResult, detectors: Sequence[str], ood: Sequence[str], metric: str = "auroc") -> dict[str, dict[str, dict[str, float]]]:
     """``model → detector → OOD set (and 'mean') → mean over seeds`` of ``metric``."""
     out: dict[str, dict[str, dict[str, float]]] = {}
