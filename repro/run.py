@@ -111,7 +111,7 @@ class Run:
         self.notes: dict[str, Any] = {}
         self.flags: dict[tuple[str | None, str | None], str] = {}
         self.data_info: dict[str, Any] = {}
-        self._cost0 = (COST.train_s, COST.train_images)
+        self._cost0 = (COST.train_s, COST.train_images, COST.reused_s, COST.reused_images)
         self._work0 = dict(WORK)
         self.t0 = time.time()
         self.started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -359,6 +359,7 @@ class Run:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         train_s = COST.train_s - self._cost0[0]
         train_images = COST.train_images - self._cost0[1]
+        reused_s, reused_images = COST.reused_s - self._cost0[2], COST.reused_images - self._cost0[3]
         wall = time.time() - self.t0
         record = {
             "schema": SCHEMA,
@@ -377,6 +378,8 @@ class Run:
             "figures": self.figures,
             "cost": {"wall_s": round(wall, 1), "train_s": round(train_s, 1), "train_images": train_images,
                      "images_per_s": round(train_images / train_s, 1) if train_s else None,
+                     # training of stored models (artifacts) this run loaded instead of training
+                     "reused_train_s": round(reused_s, 1), "reused_train_images": reused_images,
                      "peak_mem_mb": round(peak, 1), "device": self.env["device_name"],
                      # optimizer steps and evaluated batches of this run (a dry run's size check)
                      "work": {k: WORK[k] - self._work0.get(k, 0) for k in ("train_steps", "eval_batches")}},

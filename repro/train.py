@@ -51,10 +51,18 @@ class CostMeter:
 
     train_s: float = 0.0
     train_images: int = 0
+    reused_s: float = 0.0        # training done by earlier runs whose stored models were reused
+    reused_images: int = 0
 
     def add(self, seconds: float, images: int) -> None:
         self.train_s += float(seconds)
         self.train_images += int(images)
+
+    def reuse(self, seconds: float, images: int) -> None:
+        """Count a stored model (an artifact) that this process loaded instead of training:
+        what producing it cost when it was built."""
+        self.reused_s += float(seconds)
+        self.reused_images += int(images)
 
 
 #: Every ``fit`` adds the cost of producing its model here (resumed work included).

@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import matplotlib
 
@@ -225,3 +226,21 @@ def test_image_grid():
         image_grid(rows, ["one"], None, setting=SETTING)
     with pytest.raises(ValueError, match="column labels"):
         image_grid(rows, ["a", "b"], ["1"], setting=SETTING)
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "cifar-10-test.tar.xz").is_file(), reason="no ../shared/data/cifar-10-test.tar.xz")
+def test_unpack_cifar10_from_the_shared_copy_verifies(tmp_path):
+    from repro.data import unpack_cifar10, verify_cifar10
+
+    unpack_cifar10(SHARED, tmp_path)
+    assert verify_cifar10(tmp_path) == {"test_batch": "verified copy", "batches.meta": "official"}
+
+
+def test_unpack_cifar10_without_the_archive_says_so(tmp_path):
+    from repro.data import unpack_cifar10
+
+    with pytest.raises(DataError, match="cifar-10-test.tar.xz"):
+        unpack_cifar10(tmp_path, tmp_path / "out")

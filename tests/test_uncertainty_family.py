@@ -158,3 +158,17 @@ def test_predictions_are_cached_and_guarded_by_the_data_checksum(tmp_path, monke
     meta.write_text(meta.read_text().replace('"data_checksum": "abc"', '"data_checksum": "xyz"'))
     with pytest.raises(ArtifactError, match="another data checksum"):
         predictions.cached("test_tiny", _TinyConfig(), data, 0, sets)
+
+
+def test_a_reused_artifact_counts_its_training_cost(tmp_path, monkeypatch):
+    from repro.artifacts import ArtifactStore
+    from repro.train import COST
+
+    monkeypatch.setenv("REPRO_ARTIFACTS", str(tmp_path))
+    store = ArtifactStore("things")
+    build = lambda work: ("made", {"train_s": 12.5, "train_images": 300})  # noqa: E731
+    before = (COST.reused_s, COST.reused_images)
+    assert store.get("x", "k1", build, lambda f, i: "loaded").built_now
+    assert (COST.reused_s, COST.reused_images) == before  # built now: its fit counted itself
+    assert store.get("x", "k1", build, lambda f, i: "loaded").value == "loaded"
+    assert (COST.reused_s - before[0], COST.reused_images - before[1]) == (12.5, 300)

@@ -112,6 +112,8 @@ def _cost(rec: dict[str, Any]) -> str:
         parts.append(f"{float(c['wall_s']):.0f} s")
     if c.get("images_per_s"):
         parts.append(f"{float(c['images_per_s']):,.0f} img/s")
+    if c.get("reused_train_s"):
+        parts.append(f"+ {float(c['reused_train_s']):.0f} s of training reused from stored models")
     return ", ".join(parts) or "—"
 
 
