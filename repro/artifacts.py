@@ -37,15 +37,15 @@ COMMIT_LIMIT_BYTES = 5 * 1024 * 1024
 ARTIFACTS_ENV = "REPRO_ARTIFACTS"
 
 
-def _count_reuse(info: dict[str, Any]) -> None:
+def _count_reuse(kind: str, key: str, info: dict[str, Any]) -> None:
     """A loaded artifact that records its training cost (``train_s`` or ``train_seconds``, and
-    ``train_images``) adds it to the process's reused cost, so a run's record says what the
-    models it reused cost to train (``cost.reused_train_s``)."""
+    ``train_images``) is noted in the process's cost meter, so a run's record says what the
+    models it reused cost to train (``cost.reused_train_s``, each artifact once)."""
     seconds = info.get("train_s", info.get("train_seconds"))
     if seconds:
         from .train import COST
 
-        COST.reuse(float(seconds), int(info.get("train_images", 0) or 0))
+        COST.reuse(f"{kind}/{key}", float(seconds), int(info.get("train_images", 0) or 0))
 
 
 class ArtifactError(RuntimeError):
@@ -114,7 +114,7 @@ class ArtifactStore:
                 if info.get("key") != key:
                     raise ArtifactError(f"key {info.get('key')} ≠ {key}")
                 value = load(folder, info)
-                _count_reuse(info)
+                _count_reuse(self.kind, key, info)
                 return Artifact(value, key, info, folder, built_now=False)
             except Exception as e:  # noqa: BLE001 — any failure means the artifact is unusable
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -138,7 +138,7 @@ class ArtifactStore:
             shutil.rmtree(target)
         if target.exists():  # another process finished first: keep theirs
             shutil.rmtree(work, ignore_errors=True)
-            _count_reuse(info)
+            _count_reuse(self.kind, key, info)
             return Artifact(load(target, info), key, info, target, built_now=False)
         os.replace(work, target)
         return Artifact(value, key, info, target, built_now=True)

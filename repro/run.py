@@ -111,7 +111,7 @@ class Run:
         self.notes: dict[str, Any] = {}
         self.flags: dict[tuple[str | None, str | None], str] = {}
         self.data_info: dict[str, Any] = {}
-        self._cost0 = (COST.train_s, COST.train_images, COST.reused_s, COST.reused_images)
+        self._cost0 = (COST.train_s, COST.train_images, len(COST.reuse_log))
         self._work0 = dict(WORK)
         self.t0 = time.time()
         self.started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -359,7 +359,7 @@ class Run:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         train_s = COST.train_s - self._cost0[0]
         train_images = COST.train_images - self._cost0[1]
-        reused_s, reused_images = COST.reused_s - self._cost0[2], COST.reused_images - self._cost0[3]
+        reused_s, reused_images = COST.reused_since(self._cost0[2])
         wall = time.time() - self.t0
         record = {
             "schema": SCHEMA,

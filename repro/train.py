@@ -51,18 +51,26 @@ class CostMeter:
 
     train_s: float = 0.0
     train_images: int = 0
-    reused_s: float = 0.0        # training done by earlier runs whose stored models were reused
-    reused_images: int = 0
+    # stored models (artifacts) loaded instead of trained: key → (seconds, images) it cost to
+    # build them, and the order they were loaded in (a run counts each key once)
+    reused: dict[str, tuple[float, int]] = field(default_factory=dict)
+    reuse_log: list[str] = field(default_factory=list)
 
     def add(self, seconds: float, images: int) -> None:
         self.train_s += float(seconds)
         self.train_images += int(images)
 
-    def reuse(self, seconds: float, images: int) -> None:
-        """Count a stored model (an artifact) that this process loaded instead of training:
-        what producing it cost when it was built."""
-        self.reused_s += float(seconds)
-        self.reused_images += int(images)
+    def reuse(self, key: str, seconds: float, images: int) -> None:
+        """Note a stored model (an artifact, ``key``) that this process loaded instead of
+        training, with what producing it cost when it was built."""
+        self.reused[key] = (float(seconds), int(images))
+        self.reuse_log.append(key)
+
+    def reused_since(self, mark: int) -> tuple[float, int]:
+        """Seconds and images of the distinct stored models loaded since ``len(reuse_log)`` was
+        ``mark``."""
+        keys = set(self.reuse_log[mark:])
+        return sum(self.reused[k][0] for k in keys), sum(self.reused[k][1] for k in keys)
 
 
 #: Every ``fit`` adds the cost of producing its model here (resumed work included).
