@@ -88,3 +88,4 @@ from repro.models import resnet_cifar, small, vit, wrn  # noqa: E402,F401
 __all__ = ["available", "create", "register"]
 
 from repro.models import c3  # noqa: E402,F401
+from repro.models import slot_vit  # noqa: E402,F401
