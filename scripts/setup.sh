@@ -17,4 +17,10 @@ if ! .venv/bin/python -c "import repro, timm, papermill, jupyter_book, nbval" 2>
   .venv/bin/pip install -q -c constraints.txt -e '.[all]' 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import repro, timm, papermill, jupyter_book, nbval"
 fi
+if ! .venv/bin/python -c "import torchattacks, pyautoattack" 2>/dev/null; then
+  # the robustness extra without its dependencies: torchattacks' metadata pins an old
+  # requests that it never imports (see pyproject.toml); everything it does import is here
+  .venv/bin/pip install -q --no-deps "torchattacks==3.5.1" "pyautoattack==0.2.0" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import torchattacks, pyautoattack"
+fi
 echo "$want" > "$STAMP"

@@ -173,3 +173,13 @@ def test_a_reused_artifact_counts_its_training_cost(tmp_path, monkeypatch):
     for _ in range(2):  # loaded twice, counted once
         assert store.get("x", "k1", build, lambda f, i: "loaded").value == "loaded"
     assert COST.reused_since(mark) == (12.5, 300)
+
+
+def test_a_dry_run_keeps_every_class_of_a_labelled_set():
+    from repro.families.uncertainty.predictions import _one_batch
+
+    y = torch.arange(1000) % 100  # 100 classes, 10 images each
+    s = _one_batch(EvalSet(torch.zeros(1000, 3, 2, 2, dtype=torch.uint8), y), size=500)
+    assert len(s.labels) == 500 and sorted(torch.bincount(s.labels).tolist()) == [5] * 100
+    ood_set = _one_batch(EvalSet(torch.zeros(900, 3, 2, 2, dtype=torch.uint8), torch.full((900,), -1)), size=500)
+    assert len(ood_set.labels) == 500

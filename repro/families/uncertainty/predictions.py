@@ -106,6 +106,20 @@ def outputs(model: torch.nn.Module, s: EvalSet, device: Any = "cpu", batch_size:
                    torch.cat(feats).numpy() if s.features else None)
 
 
+def _one_batch(s: EvalSet, size: int = 500) -> EvalSet:
+    """At most ``size`` images of a set, every class kept (detectors fitted on the training
+    set need each class): the first ``size // classes`` images of each class, or the first
+    ``size`` images of an unlabelled (OOD) set."""
+    y = s.labels
+    if len(y) <= size or bool((y < 0).all()):
+        return EvalSet(s.images[:size], y[:size], s.features)
+    classes = torch.unique(y[y >= 0])
+    per = max(1, size // len(classes))
+    idx = torch.cat([torch.nonzero(y == c).flatten()[:per] for c in classes])
+    idx = idx.sort().values
+    return EvalSet(s.images[idx], y[idx], s.features)
+
+
 def _save(folder: Path, sets: Mapping[str, Outputs]) -> None:
     arrays: dict[str, np.ndarray] = {}
     for name, o in sets.items():
@@ -134,7 +148,7 @@ def cached(arm: str, cfg: Any, data: Any, seed: int, sets: Mapping[str, EvalSet]
     """
     impl = _arms.get(FAMILY, arm).impl
     if dry_run():  # one batch of every set, as every evaluation in a dry run
-        sets = {n: EvalSet(s.images[:500], s.labels[:500], s.features) for n, s in sets.items()}
+        sets = {n: _one_batch(s) for n, s in sets.items()}
     spec = {"arm": arm, "config": dataclasses.asdict(cfg), "seed": int(seed),
             "data": {k: v for k, v in data.info.items() if k != "seed"} | {"classes": data.classes},
             "sets": {name: [s.digest(), bool(s.features)] for name, s in sets.items()}}

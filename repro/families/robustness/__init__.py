@@ -1,0 +1,26 @@
+"""Robustness: chapters 03 adasmooth, 12 dat, 21 cuda, 25 crossmax, 32 pubdef and 40 advft —
+one attack suite and one evaluation for every claim about adversarial robustness.
+
+Parts (so far):
+
+* ``attacks``: the attack suite over maintained libraries — torchattacks 3.5 (FGSM, PGD Linf
+  and L2, APGD-CE, APGD-T, FAB, Square; MI-/DI-/TI-/NI-FGSM for transfer) and pyautoattack's
+  AutoAttack as the final check — behind one typed
+  :class:`~repro.families.robustness.attacks.AttackSpec` whose ``as_record()`` holds every
+  setting (ε, steps, step size, restarts, EOT samples, seed). Attacks run on [0, 1] pixels:
+  a model trained on normalised inputs is wrapped in
+  :class:`~repro.families.robustness.attacks.PixelModel`; the perturbation arithmetic stays
+  fp32 when the model runs in bf16. :func:`~repro.families.robustness.attacks.eval_subset`
+  draws the fixed evaluation subset whose indices go into the record, and
+  :func:`~repro.families.robustness.attacks.robust_accuracy` measures clean and robust
+  accuracy on it;
+* ``sanity``: the checks that run with every robustness result (more steps never raise robust
+  accuracy; an unbounded attack reaches ~0%; black-box or transfer attacks are not stronger
+  than white-box ones) in a :class:`~repro.families.robustness.sanity.SanityReport`, whose
+  ``flags()`` make a claim inconclusive and whose ``upper_bound`` marks a number measured by
+  an attack not adapted to the defence.
+
+To come with the chapters: adversarial training as a loss/batch plan for the one trainer
+(``repro.train.fit``), the family's standard figures (robust accuracy vs ε, clean vs robust
+accuracy across arms) and the chapters' arms.
+"""
