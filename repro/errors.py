@@ -19,6 +19,15 @@ class ParameterError(ReproError, ValueError):
     exit_code = 2
 
 
+def check_choices(names, known, what: str) -> list[str]:
+    """``names`` as a list when each is one of ``known``; otherwise a ParameterError listing the
+    unknown ones and the valid ``what`` (e.g. "detector", "OOD set")."""
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise ParameterError(f"unknown {what}(s) {', '.join(map(repr, bad))}; {what}s: {', '.join(known)}")
+    return list(names)
+
+
 class DataError(ReproError, RuntimeError):
     """CIFAR-100 is missing, incomplete or corrupt; the message says how to fix it."""
 

@@ -148,7 +148,7 @@ def test_fake_cifar10_refused_outside_tests(fake10, monkeypatch):
 def test_missing_cifar10_says_how_to_fix(tmp_path):
     with pytest.raises(DataError) as e:
         load_cifar10_test(tmp_path)
-    assert "unpack.sh" in str(e.value) and "download_cifar10" in str(e.value) and str(tmp_path) in str(e.value)
+    assert "repro data unpack" in str(e.value) and "repro data download" in str(e.value) and str(tmp_path) in str(e.value)
     with pytest.raises(DataError, match="missing"):
         load_cifar10_test(tmp_path, check=False)
 

@@ -92,24 +92,33 @@ def verify(root: Path | None = None) -> dict[str, str]:
     missing or unknown file and how to fix it.
     """
     root = Path(root) if root is not None else default_root()
-    if (root / FOLDER / FAKE_MARKER).is_file():
+    return verify_folder(root / FOLDER, ACCEPTED_MD5, "CIFAR-100", _how_to_fix(root))
+
+
+def verify_folder(folder: Path, accepted_md5: dict[str, dict[str, str]], name: str, how_to_fix: str) -> dict[str, str]:
+    """Check every file of ``folder`` named in ``accepted_md5`` (file → {md5: kind}).
+
+    Returns {file: kind}, or {file: "fake"} for a fake set (only where ``REPRO_ALLOW_FAKE_DATA=1``,
+    i.e. in tests). Raises DataError naming the first missing or unknown file and
+    ``how_to_fix``."""
+    if (folder / FAKE_MARKER).is_file():
         # The fake set is for tests only; it is never used unless a test asks for it.
         if os.environ.get(FAKE_ENV) != "1":
-            raise DataError(f"{root / FOLDER} holds the FAKE test set; set {FAKE_ENV}=1 only in tests. {_how_to_fix(root)}")
-        return {name: "fake" for name in ACCEPTED_MD5}
+            raise DataError(f"{folder} holds the FAKE test set; set {FAKE_ENV}=1 only in tests. {how_to_fix}")
+        return {f: "fake" for f in accepted_md5}
     found = {}
-    for name, accepted in ACCEPTED_MD5.items():
-        path = root / FOLDER / name
+    for f, accepted in accepted_md5.items():
+        path = folder / f
         if not path.is_file():
-            raise DataError(f"CIFAR-100 file missing: {path}. {_how_to_fix(root)}")
+            raise DataError(f"{name} file missing: {path}. {how_to_fix}")
         digest = md5(path)
         if digest not in accepted:
             raise DataError(
-                f"CIFAR-100 file {path} has md5 {digest}, which matches neither the official "
+                f"{name} file {path} has md5 {digest}, which matches neither the official "
                 f"release nor the verified copy: it is corrupt or a different file. "
-                f"Delete it and fetch it again. {_how_to_fix(root)}"
+                f"Delete it and fetch it again. {how_to_fix}"
             )
-        found[name] = accepted[digest]
+        found[f] = accepted[digest]
     return found
 
 
@@ -158,27 +167,33 @@ def load_split(split: str = "train", root: Path | None = None, check: bool = Tru
     return out
 
 
+def fetch_archive(url: str, dest: Path, expected_md5: str, desc: str, progress: bool = True) -> Path:
+    """Stream ``url`` into ``dest`` with a progress bar and check its md5 (DataError if it
+    differs: nothing is extracted from a corrupt download)."""
+    from tqdm.auto import tqdm
+
+    with urllib.request.urlopen(url, timeout=60) as resp, open(dest, "wb") as f:
+        total = int(resp.headers.get("Content-Length", 0)) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not progress) as bar:
+            while block := resp.read(1 << 20):
+                f.write(block)
+                bar.update(len(block))
+    digest = md5(dest)
+    if digest != expected_md5:
+        raise DataError(f"downloaded archive has md5 {digest}, expected {expected_md5}; not extracted")
+    return dest
+
+
 def download(root: Path | None = None, url: str = URL, progress: bool = True) -> Path:
     """Download the official archive, check its md5, extract it into ``root``.
 
     Written to a temporary file first and moved into place, so an interrupted download
     leaves nothing half-written behind.
     """
-    from tqdm.auto import tqdm
-
     root = Path(root) if root is not None else default_root()
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        archive = Path(tmp) / "cifar-100-python.tar.gz"
-        with urllib.request.urlopen(url, timeout=60) as resp, open(archive, "wb") as f:
-            total = int(resp.headers.get("Content-Length", 0)) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc="CIFAR-100", disable=not progress) as bar:
-                while block := resp.read(1 << 20):
-                    f.write(block)
-                    bar.update(len(block))
-        digest = md5(archive)
-        if digest != ARCHIVE_MD5:
-            raise DataError(f"downloaded archive has md5 {digest}, expected {ARCHIVE_MD5}; not extracted")
+        archive = fetch_archive(url, Path(tmp) / "cifar-100-python.tar.gz", ARCHIVE_MD5, "CIFAR-100", progress)
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
         target = root / FOLDER

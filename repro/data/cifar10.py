@@ -13,13 +13,12 @@ import os
 import pickle
 import tarfile
 import tempfile
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
-from .cifar import DATA_ENV, FAKE_ENV, FAKE_MARKER, Split, default_root, md5
+from .cifar import DATA_ENV, FAKE_MARKER, Split, default_root, fetch_archive, md5, verify_folder
 
 FOLDER10 = "cifar-10-batches-py"
 URL10 = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -34,8 +33,8 @@ CLASSES10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "ho
 
 def _how_to_fix(root: Path) -> str:
     return (
-        f"Fix: `bash ../shared/data/unpack.sh {root}` for the project's verified copy, or "
-        f"`python -c 'import repro.data as d; d.download_cifar10()'` (needs network), or point "
+        f"Fix: `repro data download` (needs network; fetches CIFAR-100 and this test set), or "
+        f"`repro data unpack ../shared/data` for the project's verified copy, or point "
         f"${DATA_ENV} at a folder that contains {FOLDER10}/{{test_batch,batches.meta}}. Looked in: {root}"
     )
 
@@ -47,25 +46,7 @@ def verify_cifar10(root: Path | None = None) -> dict[str, str]:
     missing or unknown file and how to fix it.
     """
     root = Path(root) if root is not None else default_root()
-    if (root / FOLDER10 / FAKE_MARKER).is_file():
-        if os.environ.get(FAKE_ENV) != "1":
-            raise DataError(f"{root / FOLDER10} holds the FAKE test set; set {FAKE_ENV}=1 only in tests. "
-                            f"{_how_to_fix(root)}")
-        return {name: "fake" for name in ACCEPTED_MD5_10}
-    found = {}
-    for name, accepted in ACCEPTED_MD5_10.items():
-        path = root / FOLDER10 / name
-        if not path.is_file():
-            raise DataError(f"CIFAR-10 file missing: {path}. {_how_to_fix(root)}")
-        digest = md5(path)
-        if digest not in accepted:
-            raise DataError(
-                f"CIFAR-10 file {path} has md5 {digest}, which matches neither the official "
-                f"release nor the verified copy: it is corrupt or a different file. "
-                f"Delete it and fetch it again. {_how_to_fix(root)}"
-            )
-        found[name] = accepted[digest]
-    return found
+    return verify_folder(root / FOLDER10, ACCEPTED_MD5_10, "CIFAR-10", _how_to_fix(root))
 
 
 _CACHE10: dict[tuple[str, bool], Split] = {}
@@ -117,21 +98,10 @@ def download_cifar10(root: Path | None = None, url: str = URL10, progress: bool 
     training batches are not needed). Everything is written in a temporary folder under
     ``root`` and moved into place, so an interrupted download leaves nothing half-written.
     """
-    from tqdm.auto import tqdm
-
     root = Path(root) if root is not None else default_root()
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        archive = Path(tmp) / "cifar-10-python.tar.gz"
-        with urllib.request.urlopen(url, timeout=60) as resp, open(archive, "wb") as f:
-            total = int(resp.headers.get("Content-Length", 0)) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc="CIFAR-10", disable=not progress) as bar:
-                while block := resp.read(1 << 20):
-                    f.write(block)
-                    bar.update(len(block))
-        digest = md5(archive)
-        if digest != archive_md5:
-            raise DataError(f"downloaded archive has md5 {digest}, expected {archive_md5}; not extracted")
+        archive = fetch_archive(url, Path(tmp) / "cifar-10-python.tar.gz", archive_md5, "CIFAR-10", progress)
         wanted = [f"{FOLDER10}/{name}" for name in ACCEPTED_MD5_10]
         with tarfile.open(archive) as tar:
             names = set(tar.getnames())
@@ -139,15 +109,7 @@ def download_cifar10(root: Path | None = None, url: str = URL10, progress: bool 
             if missing:
                 raise DataError(f"archive from {url} lacks {', '.join(missing)}; not extracted")
             tar.extractall(tmp, members=[tar.getmember(w) for w in wanted], filter="data")
-        # Replace the two files one by one (an atomic rename each, same file system) and leave
-        # anything else in the folder — e.g. training batches a user keeps there — alone.
-        target = root / FOLDER10
-        target.mkdir(exist_ok=True)
-        (target / FAKE_MARKER).unlink(missing_ok=True)
-        for name in ACCEPTED_MD5_10:
-            os.replace(Path(tmp) / FOLDER10 / name, target / name)
-    verify_cifar10(root)
-    return root
+        return _install(Path(tmp), root)
 
 
 def unpack_cifar10(shared: Path, root: Path | None = None) -> Path:
@@ -161,11 +123,19 @@ def unpack_cifar10(shared: Path, root: Path | None = None) -> Path:
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
-        target = root / FOLDER10
-        target.mkdir(exist_ok=True)
-        (target / FAKE_MARKER).unlink(missing_ok=True)
-        for name in ACCEPTED_MD5_10:
-            os.replace(Path(tmp) / FOLDER10 / name, target / name)
+        return _install(Path(tmp), root)
+
+
+def _install(extracted: Path, root: Path) -> Path:
+    """Move the two extracted files into ``root/cifar-10-batches-py`` and verify them.
+
+    One atomic rename per file (same file system); anything else in the folder, e.g.
+    training batches a user keeps there, is left alone."""
+    target = root / FOLDER10
+    target.mkdir(exist_ok=True)
+    (target / FAKE_MARKER).unlink(missing_ok=True)
+    for name in ACCEPTED_MD5_10:
+        os.replace(extracted / FOLDER10 / name, target / name)
     verify_cifar10(root)
     return root
 

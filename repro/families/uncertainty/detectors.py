@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import ParameterError
+from ...errors import check_choices
 from ...metrics import auroc, fpr95, roc_curve
 from .predictions import Outputs
 
@@ -41,10 +41,7 @@ DESCRIPTIONS = {
 
 def check_detectors(names: Sequence[str]) -> list[str]:
     """The names, or a ParameterError listing the detectors."""
-    bad = [n for n in names if n not in DETECTORS]
-    if bad:
-        raise ParameterError(f"unknown detector(s) {', '.join(map(repr, bad))}; detectors: {', '.join(DETECTORS)}")
-    return list(names)
+    return check_choices(names, DETECTORS, "detector")
 
 
 def _t(a: np.ndarray) -> torch.Tensor:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ...data.corruptions import corrupt
-from ...errors import ParameterError
+from ...errors import ParameterError, check_choices
 from ...metrics import top1
 from . import abstention as ab
 from . import conformal as cp
@@ -46,9 +46,7 @@ def check_params(params: Mapping[str, Any]) -> None:
     check_backbone(make_config(CEConfig, params))
     if params["raps_lambda"] < 0 or params["raps_k"] < 0:
         raise ParameterError(f"raps_lambda ({params['raps_lambda']}) and raps_k ({params['raps_k']}) must be ≥ 0")
-    bad = [c for c in params["corruptions"] if c not in CORRUPTIONS]
-    if bad:
-        raise ParameterError(f"unknown corruption(s) {', '.join(map(repr, bad))}; corruptions: {', '.join(CORRUPTIONS)}")
+    check_choices(params["corruptions"], CORRUPTIONS, "corruption")
     bad_k = [k for k in params["severities"] if k not in SEVERITIES]
     if bad_k or not params["severities"]:
         raise ParameterError(f"severities must be a non-empty list drawn from {list(SEVERITIES)}, not {params['severities']}")
@@ -63,9 +61,7 @@ def eval_sets(fd: FamilyData, corruptions: Sequence[str], severities: Sequence[i
     all without features (the analysis needs logits only)."""
     from ...data.corruptions import CORRUPTIONS
 
-    bad = [c for c in corruptions if c not in CORRUPTIONS]
-    if bad:
-        raise ParameterError(f"unknown corruption(s) {', '.join(map(repr, bad))}; corruptions: {', '.join(CORRUPTIONS)}")
+    check_choices(corruptions, CORRUPTIONS, "corruption")
     if not len(fd.y_calib):
         raise ParameterError("calib_per_class must be > 0: the conformal threshold is calibrated on held-out training images")
     d = fd.data

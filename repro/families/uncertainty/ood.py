@@ -15,7 +15,7 @@ import numpy as np
 
 from ... import arms as _arms
 from ...arms import make_config
-from ...errors import ParameterError
+from ...errors import check_choices
 from ...metrics import top1
 from ...sweep import Job, JobFn, SweepResult
 from . import detectors as det
@@ -30,10 +30,7 @@ MODELS = {
 
 
 def check_models(names: Sequence[str]) -> list[str]:
-    bad = [n for n in names if n not in MODELS]
-    if bad:
-        raise ParameterError(f"unknown model(s) {', '.join(map(repr, bad))}; models: {', '.join(MODELS)}")
-    return list(names)
+    return check_choices(names, MODELS, "model")
 
 
 def model_configs(params: Mapping[str, Any], names: Sequence[str]) -> dict[str, tuple[str, Any]]:
@@ -59,9 +56,7 @@ def eval_sets(fd: FamilyData, ood_sets: Sequence[str], per_set: int = 0, seed: i
     test set)."""
     from ...data.ood import OOD_SETS, ood_images
 
-    bad = [o for o in ood_sets if o not in OOD_SETS]
-    if bad:
-        raise ParameterError(f"unknown OOD set(s) {', '.join(map(repr, bad))}; OOD sets: {', '.join(OOD_SETS)}")
+    check_choices(ood_sets, OOD_SETS, "OOD set")
     d = fd.data
     n = int(per_set) or len(d.y_test)
     sets = {"train": EvalSet(d.x_train, d.y_train), "test": EvalSet(d.x_test, d.y_test)}
