@@ -158,6 +158,23 @@ def analyse(pred: Predictions, corruptions: Sequence[str], severities: Sequence[
     return metrics, var, extra
 
 
+def jobs(cfg: Any, fd: FamilyData, sets: Mapping[str, EvalSet], params: Mapping[str, Any],
+         device: Any = "cpu") -> dict[str, Any]:
+    """The chapter's one job (label ``model``) for ``repro.sweep.sweep``: the classifier's
+    cached predictions (trained now if none are stored), then :func:`analyse` with the
+    chapter's α, λ, k_reg, corruptions and severities."""
+    from ...sweep import Job
+    from .predictions import cached
+
+    def job(seed: int, checkpoint_dir: Any) -> Job:
+        pred = cached("ce", cfg, fd.data, seed, sets, checkpoint_dir, device, label="dtcp")
+        metrics, var, extra = analyse(pred, params["corruptions"], params["severities"], params["alpha"],
+                                      params["raps_lambda"], params["raps_k"], seed)
+        return Job(metrics, n_test=len(fd.data.y_test), train_s=pred.train_s, train_images=pred.train_images,
+                   test_var=var, extra={**extra, "cached": not pred.built_now, "history": pred.info.get("history", [])})
+    return {"model": job}
+
+
 def per_severity(result: Any, corruptions: Sequence[str], severities: Sequence[int], quantity: str,
                  arm: str = "model") -> dict[str, dict[int, list[float]]]:
     """``corruption → severity → per-seed values`` of one quantity of the sweep's records'
