@@ -83,6 +83,18 @@ WORK: Counter[str] = Counter()
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+class Update(Protocol):
+    """Replaces the update of one batch for methods that need more than one backward pass or
+    more than one optimiser (gradient routing, chapter 19). Called as
+    ``update(model, x, y, opt, autocast) -> (loss, logits)``: it runs its own forward passes
+    (inside ``autocast()``), backward passes and ``opt.step()`` (``opt`` is fit's optimiser,
+    with the scheduled lr already set). An optional ``state_dict`` / ``load_state_dict`` pair
+    (an optimiser of its own) is saved in fit's checkpoints."""
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
+                 autocast: Callable[[], Any]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 @dataclass
 class TrainConfig:
     """Everything that sets how a model is trained (stored in its checkpoints)."""
@@ -263,10 +275,12 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> 
     return f
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig,
+                   params: Iterable[nn.Parameter] | None = None) -> torch.optim.Optimizer:
+    """SGD or AdamW (``cfg.optimizer``) over ``params`` (default: every trainable parameter)."""
     # No weight decay on norm layers' and biases' 1-D parameters is a common refinement, but
     # the papers here decay everything, so the default does too.
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
     fused = {"fused": True} if next(model.parameters()).is_cuda else {}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
@@ -333,6 +347,8 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     callbacks: Sequence[Any] = (),
     extra_eval: Callable[[nn.Module], dict[str, float]] | None = None,
+    params: Iterable[nn.Parameter] | None = None,
+    update: Update | None = None,
 ) -> FitResult:
     """Train ``model`` in place and return its history.
 
@@ -341,7 +357,9 @@ def fit(
     the schedule's length when a plan trains on fewer batches than the loader has.
     callbacks: objects with ``on_step(StepInfo)`` (and optionally state_dict /
     load_state_dict so their logs survive a resume). extra_eval(model) adds entries to each
-    epoch's history.
+    epoch's history. params: what fit's optimiser updates (default: every trainable
+    parameter). update: replaces the forward/backward/step of each batch (:class:`Update`);
+    ``loss_fn`` and ``cfg.grad_clip`` are then the update's business.
     """
     device = train.device
     cuda = device.type == "cuda"
@@ -351,7 +369,7 @@ def fit(
         model.to(memory_format=torch.channels_last)
     loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
     plan = plan or AllBatches()
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(model, cfg, params)
     ema = copy.deepcopy(model).eval() if cfg.ema_decay else None
     spe = updates_per_epoch or len(train)
     total = cfg.epochs * spe
@@ -370,6 +388,8 @@ def fit(
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         plan.load_state_dict(state.get("plan", {}))
+        if update is not None and hasattr(update, "load_state_dict") and state.get("update") is not None:
+            update.load_state_dict(state["update"])
         for cb, cs in zip(callbacks, state.get("callbacks", [])):
             if hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(cs)
@@ -390,6 +410,7 @@ def fit(
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "plan": plan.state_dict(),
             "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in callbacks],
+            "update": update.state_dict() if update is not None and hasattr(update, "state_dict") else None,
             "rng_cpu": rng_cpu, "rng_cuda": rng_cuda,
             "history": history, "step": step, "epoch": epoch, "train_s": train_s, "images": images,
             "partial": part, "config": asdict(cfg), "precision": prec.tag,
@@ -434,13 +455,16 @@ def fit(
                     f = lr_factor(cfg, step, total, spe)
                     for g in opt.param_groups:
                         g["lr"] = cfg.lr * f
-                    with prec.autocast():
-                        loss, logits = loss_fn(model, x, y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.grad_clip:
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    opt.step()
+                    if update is not None:
+                        loss, logits = update(model, x, y, opt, prec.autocast)
+                    else:
+                        with prec.autocast():
+                            loss, logits = loss_fn(model, x, y)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        if cfg.grad_clip:
+                            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                        opt.step()
                     if ema is not None:
                         with torch.no_grad():
                             for pe, pm in zip(ema.state_dict().values(), model.state_dict().values()):

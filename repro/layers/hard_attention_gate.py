@@ -22,9 +22,11 @@ The official loop zeroes the main parameters' gradients once per batch, so step 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class HardAttentionGate(nn.Module):
@@ -86,3 +88,44 @@ def gradient_routing_step(model: nn.Module, loss_fn: Callable[[torch.Tensor, tor
     # Pass 2's gate gradients are never used; drop them so nothing reads stale values.
     gate_opt.zero_grad(set_to_none=True)
     return float(loss1.detach()), float(loss2.detach())
+
+
+class GradientRouting:
+    """Gradient routing as ``repro.train.fit``'s per-batch :class:`~repro.train.Update`.
+
+    fit's own optimiser must hold the non-gate parameters only (``fit(..., params=others)``
+    with :func:`split_gate_parameters`); this object owns the gates' AdamW (the official
+    code's lr 1e-2, constant: the main schedule does not reach it), which fit checkpoints
+    through :meth:`state_dict`. Each batch is :func:`gradient_routing_step` with cross-entropy
+    (label smoothing as the recipe's); the reported loss and logits are pass 2's.
+    """
+
+    def __init__(self, model: nn.Module, lr: float = 1e-2, weight_decay: float = 0.0,
+                 label_smoothing: float = 0.0, gate_clip: float | None = 128.0,
+                 main_clip: float | None = 10.0, accumulate: bool = True) -> None:
+        gates, _ = split_gate_parameters(model)
+        if not gates:
+            raise ValueError("gradient routing needs a model with hard-attention gates")
+        self.opt = torch.optim.AdamW(gates, lr=lr, weight_decay=weight_decay)
+        self.label_smoothing = label_smoothing
+        self.gate_clip, self.main_clip, self.accumulate = gate_clip, main_clip, accumulate
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
+                 autocast: Callable[[], Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        last: list[torch.Tensor] = []
+
+        def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            last[:] = [logits.detach()]
+            return F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
+
+        with autocast():
+            _, loss2 = gradient_routing_step(model, loss_fn, x, y, opt, self.opt, gate_clip=self.gate_clip,
+                                             main_clip=self.main_clip, accumulate=self.accumulate)
+        return torch.tensor(loss2), last[0]
+
+    def state_dict(self) -> dict:
+        """The gate optimiser's state (saved in fit's checkpoints)."""
+        return {"opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])

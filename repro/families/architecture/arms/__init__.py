@@ -1,0 +1,1 @@
+"""The architecture family's arms (found by ``repro.arms.load_family``)."""
