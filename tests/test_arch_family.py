@@ -177,7 +177,23 @@ def test_figures_and_table_from_a_sweep() -> None:
 
 def test_crrelu_arms() -> None:
     arms = crrelu.arm_configs({"model": "vit_slot_micro_p4", "activations": ["gelu", "crrelu"], "epochs": 2})
-    assert {k: c.model_kw["activation"] for k, (_, c) in arms.items()} == {"gelu": "gelu", "crrelu": "crrelu"}
+    # the default slot is dropped, so chapter 20's GELU arm is the family's plain ViT
+    assert {k: c.model_kw for k, (_, c) in arms.items()} == {"gelu": {}, "crrelu": {"activation": "crrelu"}}
     assert all(a == "standard" and c.epochs == 2 for a, c in arms.values())
     with pytest.raises(ParameterError, match="activation"):
         crrelu.arm_configs({"model": "vit_slot_micro_p4", "activations": ["swish"]})
+
+
+def test_chapters_share_the_checkpoints_of_the_same_network(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("REPRO_CHECKPOINTS", str(tmp_path))
+    run = type("R", (), {"env": {"source_hash": "abc"}, "tier": "cpu", "run_id": "r1"})()
+    a = protocol.ArchConfig(model="vit_slot_micro_p4", model_kw={"activation": "gelu"}, title="GELU")
+    b = protocol.ArchConfig(model="vit_slot_micro_p4", model_kw={"mixer": "softmax"}, title="softmax")
+    c = protocol.ArchConfig(model="vit_slot_micro_p4", model_kw={"activation": "relu"})
+    net = "SlotViT(...)"
+    d = protocol.shared_checkpoint_dir
+    assert d(run, "standard", a, net, "fp", 0) == d(run, "standard", b, net, "fp", 0)
+    assert d(run, "standard", a, net, "fp", 0).parent == tmp_path / "architecture" / "cpu"
+    assert len({d(run, "standard", a, net, "fp", 0), d(run, "standard", c, net, "fp", 0),
+                d(run, "routing", a, net, "fp", 0), d(run, "standard", a, net, "fp", 1),
+                d(run, "standard", a, net, "other data", 0)}) == 5

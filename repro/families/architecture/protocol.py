@@ -10,8 +10,10 @@ and only ``model`` / ``model_kw`` (and the routing switch) differ.
 from __future__ import annotations
 
 from collections.abc import Mapping
+import hashlib
 import inspect
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ from ... import models
 from ...arms import make_config
 from ...errors import ParameterError
 from ...flops import count_flops
+from ...modes import fresh
+from ...paths import checkpoints_dir
 from ...sweep import Job, JobFn
 from ...train import TrainConfig
 
@@ -46,6 +50,11 @@ def data_subset(run: Any, per_class: int | None = None) -> Any:
     c = make_config(DataConfig, run.params)
     n = c.per_class if per_class is None else per_class
     return run.data(classes=c.classes, per_class=n or None, image_size=c.image_size, seed=c.data_seed)
+
+
+_MISSING = object()
+#: SlotViT's slot defaults (repro.models.slot_vit): softmax attention, GELU, no gates.
+SLOT_DEFAULTS: dict[str, Any] = {"mixer": "softmax", "activation": "gelu", "gates": None}
 
 
 @dataclass
@@ -83,6 +92,10 @@ class ArchConfig:
             raise ParameterError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.model not in models.available():
             raise ParameterError(f"unknown model {self.model!r}; available: {', '.join(models.available())}")
+        # One spelling per network: a slot left at its default is dropped, so "activation gelu"
+        # (chapter 20's baseline) and "mixer softmax" (26's) name the same model and share its
+        # checkpoints (shared_checkpoint_dir).
+        self.model_kw = {k: v for k, v in self.model_kw.items() if SLOT_DEFAULTS.get(k, _MISSING) != v}
 
 
 def arch_config(params: Mapping[str, Any], model: str, title: str = "", **overrides: Any) -> ArchConfig:
@@ -123,17 +136,49 @@ def model_cost(model: nn.Module, image_size: int) -> dict[str, float]:
     return {"params": float(c["params"]), "mflops": c["flops"] / 1e6}
 
 
-def jobs(arms: Mapping[str, tuple[str, ArchConfig]], data: Any, device: Any = "cpu") -> dict[str, JobFn]:
+def data_fingerprint(data: Any) -> str:
+    """A content hash of a dataset's images and labels (train and test): two chapters that cut
+    the same subset get the same fingerprint."""
+    h = hashlib.sha256()
+    for t in (data.x_train, data.y_train, data.x_test, data.y_test):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def shared_checkpoint_dir(run: Any, arm: str, cfg: ArchConfig, network: str, fingerprint: str, seed: int) -> Path:
+    """The family's checkpoint folder of one job, shared by every chapter.
+
+    Keyed by the arm, the network's structure (``repr`` of the built module: two configs that
+    build the same network share it), the recipe, the data's content, the seed and the
+    package's source hash (plus the run id under ``repro run --fresh``), so the comparison
+    chapter and chapters with the same baseline (a softmax ViT with GELU) find a finished job
+    and load it instead of training it again; its training cost is still counted in the
+    record (``fit`` reports the cost of producing a model, resumed or not).
+    """
+    recipe = {k: v for k, v in asdict(cfg).items() if k != "title"}
+    parts: list[Any] = [FAMILY, arm, network, recipe, fingerprint, seed, run.env["source_hash"]]
+    if fresh():
+        parts.append(run.run_id)
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return checkpoints_dir() / FAMILY / run.tier / f"{cfg.model}-s{seed}-{digest}"
+
+
+def jobs(arms: Mapping[str, tuple[str, ArchConfig]], data: Any, device: Any = "cpu",
+         run: Any = None) -> dict[str, JobFn]:
     """``label → (arm name, config)`` → ``label → job(seed, checkpoint_dir) -> Job`` for
     ``repro.sweep.sweep``. Every arm name must be registered in the family (ParameterError
     listing its arms otherwise); every network is built once here, so a bad model setting
-    fails before the first job trains."""
+    fails before the first job trains. With ``run``, checkpoints go to the family's shared
+    folders (:func:`shared_checkpoint_dir`) instead of the sweep's per-chapter ones."""
     out: dict[str, JobFn] = {}
+    fingerprint = data_fingerprint(data) if run is not None else ""
     for label, (name, cfg) in arms.items():
         impl = _arms.get(FAMILY, name).impl
-        build_model(cfg, data.num_classes, data.image_size, 0)  # fail early on a bad model_kw
+        network = repr(build_model(cfg, data.num_classes, data.image_size, 0))  # fails early on a bad model_kw
 
-        def job(seed: int, checkpoint_dir: Path | None, impl=impl, cfg=cfg) -> Job:
+        def job(seed: int, checkpoint_dir: Path | None, impl=impl, cfg=cfg, name=name, network=network) -> Job:
+            if run is not None and checkpoint_dir is not None:
+                checkpoint_dir = shared_checkpoint_dir(run, name, cfg, network, fingerprint, seed)
             return impl(cfg, data, seed, checkpoint_dir, device)
         out[label] = job
     return out
