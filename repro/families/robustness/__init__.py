@@ -20,7 +20,14 @@ Parts (so far):
   ``flags()`` make a claim inconclusive and whose ``upper_bound`` marks a number measured by
   an attack not adapted to the defence.
 
-To come with the chapters: adversarial training as a loss/batch plan for the one trainer
-(``repro.train.fit``), the family's standard figures (robust accuracy vs ε, clean vs robust
-accuracy across arms) and the chapters' arms.
+* ``training``: adversarial training as a loss for the one trainer (``fit(..., loss_fn=
+  adversarial_loss(AdvTrainConfig(...)))``): PGD-AT, FGSM with a random start and TRADES, the
+  perturbation crafted in fp32 by the package's own loop (each method in the mode its
+  reference code uses), every attack step counted in ``repro.train.WORK["attack_grads"]``;
+* ``figures``: the family's standard figures, robust accuracy against ε (one curve per model)
+  and clean against robust accuracy across arms.
+
+To come with the chapters: L2 adversarial training (chapter 12), a BatchNorm that stays frozen
+through ``fit`` (12's second stage), a piecewise-linear learning-rate schedule (40), robust
+accuracy per epoch, and the chapters' arms.
 """
