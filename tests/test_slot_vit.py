@@ -161,3 +161,16 @@ def test_registered_variants(name: str, kw: dict) -> None:
     if name == "vit_spectformer_micro_p4":
         expected = ["softmax"] * 3 + ["spectral"] if kw else ["spectral"] * 2 + ["softmax"] * 2
         assert m.mixers == expected and m.cls_token is None
+
+
+def test_gated_network_starts_like_its_gate_free_twin() -> None:
+    # gates draw from their own stream: every shared tensor of the same seed is identical
+    torch.manual_seed(3)
+    plain = SlotViT(img_size=8, patch_size=4, embed_dim=16, depth=2, heads=2, num_classes=3)
+    torch.manual_seed(3)
+    gated = SlotViT(img_size=8, patch_size=4, embed_dim=16, depth=2, heads=2, num_classes=3, gates="hag")
+    g = gated.state_dict()
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, g[k]), k
+    thetas = [v for k, v in g.items() if k.endswith("theta")]
+    assert len(thetas) == 4 and not torch.equal(thetas[0], thetas[1])

@@ -32,11 +32,14 @@ import torch.nn.functional as F
 class HardAttentionGate(nn.Module):
     """x ↦ x ⊙ σ(θ) with θ ∈ R^dim along ``channel_axis`` (−1 for tokens, 1 for NCHW maps)."""
 
-    def __init__(self, dim: int, channel_axis: int = -1) -> None:
+    def __init__(self, dim: int, channel_axis: int = -1, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.channel_axis = channel_axis
         self.theta = nn.Parameter(torch.empty(dim))
-        nn.init.xavier_normal_(self.theta.data.view(1, dim), gain=nn.init.calculate_gain("sigmoid"))
+        # ``generator``: a network that must start its shared layers like its gate-free twin
+        # draws θ from its own stream, leaving the global one untouched.
+        nn.init.xavier_normal_(self.theta.data.view(1, dim), gain=nn.init.calculate_gain("sigmoid"),
+                               generator=generator)
 
     def values(self) -> torch.Tensor:
         """σ(θ) [dim], the current gate openings."""

@@ -52,14 +52,15 @@ class AttentionSlotBlock(nn.Module):
     g₁, g₂ are hard-attention gates or identities."""
 
     def __init__(self, dim: int, mixer: nn.Module, mlp_ratio: float, act_layer: type[nn.Module],
-                 norm_layer: type[nn.Module], drop: float, drop_path: float, gates: bool) -> None:
+                 norm_layer: type[nn.Module], drop: float, drop_path: float, gates: bool,
+                 gate_generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = mixer
-        self.gate1 = HardAttentionGate(dim) if gates else nn.Identity()
+        self.gate1 = HardAttentionGate(dim, generator=gate_generator) if gates else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
-        self.gate2 = HardAttentionGate(dim) if gates else nn.Identity()
+        self.gate2 = HardAttentionGate(dim, generator=gate_generator) if gates else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,11 +143,14 @@ class SlotViT(nn.Module):
         # G·U: one operator per head, the same object in every "karat_universal" block.
         shared = (FourierKANOperator(heads, n_tokens, karat_grid, karat_rank, karat_normalise)
                   if "karat_universal" in mixers else None)
+        # Gates draw their θ from a stream of their own, seeded from the global seed, so a gated
+        # network starts every shared layer exactly as its gate-free twin of the same seed.
+        gen = torch.Generator().manual_seed(torch.initial_seed() + 0x6A7E) if gate else None
         blocks: list[nn.Module] = []
         for kind, dp in zip(mixers, dpr):
             if kind == "spectral":
                 blocks.append(SpectralBlock(embed_dim, self.grid, mlp_ratio, act, norm_layer, proj_drop_rate, dp,
-                                            gate=HardAttentionGate(embed_dim) if gate else None))
+                                            gate=HardAttentionGate(embed_dim, generator=gen) if gate else None))
                 continue
             if kind == "softmax":
                 attn: nn.Module = Attention(embed_dim, heads, qkv_bias=qkv_bias, attn_drop=attn_drop_rate,
@@ -156,7 +160,7 @@ class SlotViT(nn.Module):
                                     normalise=karat_normalise, operator=shared, qkv_bias=qkv_bias,
                                     attn_drop=attn_drop_rate, proj_drop=proj_drop_rate)
             blocks.append(AttentionSlotBlock(embed_dim, attn, mlp_ratio, act, norm_layer, proj_drop_rate, dp,
-                                             gates=gate is not None))
+                                             gates=gate is not None, gate_generator=gen))
         self.blocks = nn.Sequential(*blocks)
         self.norm = norm_layer(embed_dim)
         self.dropout = nn.Dropout(drop_rate)
