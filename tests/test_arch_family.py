@@ -35,6 +35,9 @@ def test_recipe_is_adamw_cosine_with_warmup_and_smoothing() -> None:
     assert (tc.optimizer, tc.schedule, tc.epochs, tc.lr, tc.warmup_epochs, tc.label_smoothing, tc.weight_decay) == \
         ("adamw", "cosine", 7, 2e-3, 1.5, 0.2, 0.1)
     assert tc.grad_clip is None and cfg.model_kw == {"activation": "relu"}
+    # bf16 on CUDA; on the CPU only when asked (it halves a slot ViT's speed on the dev CPU)
+    assert (tc.bf16, protocol.train_config(cfg, "cuda").bf16) == (False, True)
+    assert protocol.train_config(protocol.ArchConfig(cpu_bf16=True)).bf16
 
 
 @pytest.mark.parametrize("bad", [{"epochs": 0}, {"lr": 0.0}, {"label_smoothing": 1.0}, {"model": "no_such_net"}])

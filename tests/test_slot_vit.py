@@ -174,3 +174,14 @@ def test_gated_network_starts_like_its_gate_free_twin() -> None:
         assert torch.equal(v, g[k]), k
     thetas = [v for k, v in g.items() if k.endswith("theta")]
     assert len(thetas) == 4 and not torch.equal(thetas[0], thetas[1])
+
+
+@pytest.mark.parametrize("mixer", ["karat", "karat_universal"])
+def test_karat_network_starts_like_its_softmax_twin(mixer: str) -> None:
+    torch.manual_seed(5)
+    plain = SlotViT(img_size=8, patch_size=4, embed_dim=16, depth=2, heads=2, num_classes=3)
+    torch.manual_seed(5)
+    kan = SlotViT(img_size=8, patch_size=4, embed_dim=16, depth=2, heads=2, num_classes=3, mixer=mixer)
+    k = kan.state_dict()
+    for name, v in plain.state_dict().items():
+        assert torch.equal(v, k[name]), name

@@ -39,16 +39,18 @@ class FourierKANOperator(nn.Module):
     """
 
     def __init__(self, num_heads: int, num_tokens: int, grid: int = 3, rank: int = 12,
-                 normalise: bool = False) -> None:
+                 normalise: bool = False, generator: torch.Generator | None = None) -> None:
         super().__init__()
         if min(num_heads, num_tokens, grid, rank) < 1:
             raise ParameterError("KArAt needs positive heads, tokens, grid and rank, got "
                                  f"{num_heads}, {num_tokens}, {grid}, {rank}")
         self.num_heads, self.num_tokens, self.grid, self.rank = num_heads, num_tokens, grid, rank
         scale = 1 / math.sqrt(2 * grid * num_tokens) if normalise else 1.0
-        self.coef = nn.Parameter(torch.randn(num_heads, rank, num_tokens, 2 * grid) * scale)
+        # ``generator``: a network that must start its shared layers like its softmax twin draws
+        # the operator from its own stream, leaving the global one untouched.
+        self.coef = nn.Parameter(torch.randn(num_heads, rank, num_tokens, 2 * grid, generator=generator) * scale)
         bound = 1 / math.sqrt(rank)
-        self.w = nn.Parameter(torch.empty(num_heads, num_tokens, rank).uniform_(-bound, bound))
+        self.w = nn.Parameter(torch.empty(num_heads, num_tokens, rank).uniform_(-bound, bound, generator=generator))
         self.register_buffer("freqs", torch.arange(1, grid + 1, dtype=torch.float32), persistent=False)
 
     def basis(self, scores: torch.Tensor) -> torch.Tensor:
@@ -77,11 +79,12 @@ class KANAttention(Attention):
 
     def __init__(self, dim: int, num_heads: int, num_tokens: int, *, grid: int = 3, rank: int = 12,
                  normalise: bool = False, operator: FourierKANOperator | None = None,
+                 generator: torch.Generator | None = None,
                  qkv_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         self.fused_attn = False  # there is no fused kernel for a learned operator
         self.operator = operator if operator is not None else FourierKANOperator(
-            num_heads, num_tokens, grid=grid, rank=rank, normalise=normalise)
+            num_heads, num_tokens, grid=grid, rank=rank, normalise=normalise, generator=generator)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 is_causal: bool = False) -> torch.Tensor:

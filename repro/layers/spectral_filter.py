@@ -40,7 +40,9 @@ class SpectralFilter(nn.Module):
     @property
     def filter(self) -> torch.Tensor:
         """The complex filter W ∈ ℂ^{h×(⌊w/2⌋+1)×C}."""
-        return torch.view_as_complex(self.complex_weight.float())
+        # contiguous: fit's channels_last (CUDA, CPU bf16) re-strides every 4-D parameter, and
+        # view_as_complex needs the real/imaginary pair adjacent in memory.
+        return torch.view_as_complex(self.complex_weight.float().contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, h·w, C] → [B, h·w, C] (same dtype as x)."""

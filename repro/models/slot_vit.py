@@ -141,7 +141,10 @@ class SlotViT(nn.Module):
         act = ACTIVATIONS[activation]
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         # G·U: one operator per head, the same object in every "karat_universal" block.
-        shared = (FourierKANOperator(heads, n_tokens, karat_grid, karat_rank, karat_normalise)
+        # KArAt operators draw from their own stream too, for the same reason as the gates.
+        kan_gen = (torch.Generator().manual_seed(torch.initial_seed() + 0x4A4E)
+                   if any(m.startswith("karat") for m in mixers) else None)
+        shared = (FourierKANOperator(heads, n_tokens, karat_grid, karat_rank, karat_normalise, generator=kan_gen)
                   if "karat_universal" in mixers else None)
         # Gates draw their θ from a stream of their own, seeded from the global seed, so a gated
         # network starts every shared layer exactly as its gate-free twin of the same seed.
@@ -157,7 +160,7 @@ class SlotViT(nn.Module):
                                             proj_drop=proj_drop_rate)
             else:
                 attn = KANAttention(embed_dim, heads, n_tokens, grid=karat_grid, rank=karat_rank,
-                                    normalise=karat_normalise, operator=shared, qkv_bias=qkv_bias,
+                                    normalise=karat_normalise, operator=shared, generator=kan_gen, qkv_bias=qkv_bias,
                                     attn_drop=attn_drop_rate, proj_drop=proj_drop_rate)
             blocks.append(AttentionSlotBlock(embed_dim, attn, mlp_ratio, act, norm_layer, proj_drop_rate, dp,
                                              gates=gate is not None, gate_generator=gen))

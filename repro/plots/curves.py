@@ -97,7 +97,8 @@ def training_curves(histories: Mapping[str, Sequence[Any]], x: str = "epoch",
             series[y][label] = agg
             color = f"C{i % 10}"
             name = label if agg["n"] == 1 else f"{label} (n={agg['n']})"
-            ax.plot(agg["x"], agg["mean"], color=color, label=name)
+            # markers when there are too few epochs for a line to show (smoke runs)
+            ax.plot(agg["x"], agg["mean"], color=color, label=name, marker="o" if len(agg["x"]) < 4 else None)
             if agg["n"] > 1:
                 ax.fill_between(agg["x"], agg["min"], agg["max"], color=color, alpha=0.2, linewidth=0)
         ax.set_xlabel(axis_label(x))

@@ -41,7 +41,7 @@ def _train(cfg: ArchConfig, data: Any, seed: int, checkpoint_dir: Path | None, d
             raise ValueError(f"{cfg.title}: gradient routing needs gates (model_kw gates='hag')")
         update = GradientRouting(model, lr=cfg.gate_lr, label_smoothing=cfg.label_smoothing)
     res = fit(model, data.loader("train", cfg.batch_size, device, seed=seed), data.loader("test", 1000, device),
-              train_config(cfg, desc=f"{cfg.title} · seed {seed}"), checkpoint_dir=checkpoint_dir,
+              train_config(cfg, device, desc=f"{cfg.title} · seed {seed}"), checkpoint_dir=checkpoint_dir,
               extra_eval=traces.trace, params=params, update=update)
     hist = res.history
     last = hist[-1]
