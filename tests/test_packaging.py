@@ -41,7 +41,7 @@ def test_a_wheel_built_from_the_repo_loads_every_spec(tmp_path):
     got = json.loads(out.stdout)
     assert got["file"].startswith(str(target))                       # the wheel's copy, not the checkout
     assert got["specs"] == [s.name for s in all_specs()]
-    assert got["protocols"] == ["architecture", "distillation", "incremental", "uncertainty"]
+    assert got["protocols"] == ["architecture", "distillation", "incremental", "robustness", "uncertainty"]
 
 
 # Packages whose modules are algorithm code: they take typed configs, never the run.

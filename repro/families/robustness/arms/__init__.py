@@ -1,0 +1,1 @@
+"""The robustness family's arms (found by ``repro.arms.load_family``)."""

@@ -1,0 +1,77 @@
+"""The family's one arm: a network trained with the family's SGD recipe on the chapter's data,
+possibly poisoned, possibly adversarially, then evaluated.
+
+``standard`` covers every model the CUDA chapter trains (clean or poisoned training set, plain
+CE or adversarial training) and the plain and adversarially trained baselines of the other
+chapters: the poison is applied to the training split only (``repro.data.poison``), the
+adversarial loss is fit's ``loss_fn`` (:mod:`..training`), and the robustness evaluation
+(:mod:`..evaluate`) runs on the clean test split after training, with the model in eval mode.
+
+Each job's metrics: ``top1`` (final clean-test top-1 over the whole test split, %),
+``train_acc`` (accuracy on the last epoch's training batches, %: augmented, poisoned where the
+set is, adversarial under PGD-AT or FGSM-RS), ``grad_evals`` (forward–backward passes over one
+image, summed over training, attack steps included) and, with an evaluation, ``eval_clean``,
+``robust_<attack>`` and ``robust_worst`` on the fixed evaluation subset (their binomial
+variance on that subset in ``test_var``). Extra: ``title``, ``config`` (every setting),
+``history`` (fit's rows), ``poison`` (what the poison changed) and ``robustness`` (the
+evaluation's record: subset indices, attack settings, sanity report, flags).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ....arms import arm
+from ....data.poison import poison_dataset, poison_indices
+from ....sweep import Job
+from ....train import fit
+from ..evaluate import evaluate
+from ..protocol import RobustConfig, build_model, train_config
+from ..training import adversarial_loss, gradient_evals_per_step
+
+
+def training_set(cfg: RobustConfig, data: Any) -> Any:
+    """The data the arm trains on: ``data`` with its training split poisoned by ``cfg.poison``
+    (``train_on="all"``), or only the training images that poison would leave clean
+    (``train_on="unpoisoned"``: the control of a partial poison); ``data`` itself without a
+    poison. The test split is never changed."""
+    if cfg.poison is None:
+        return data
+    if cfg.train_on == "all":
+        return poison_dataset(data, cfg.poison)
+    n = len(data.y_train)
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[poison_indices(n, cfg.poison.mix, cfg.poison.key)] = False
+    info = {**data.info, "poison": {**cfg.poison.as_record(), "train_on": "unpoisoned", "poisoned": 0,
+                                    "dropped": int(n - keep.sum()), "train": int(keep.sum())}}
+    return dataclasses.replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep], info=info)
+
+
+@arm("standard", family="robustness", config=RobustConfig)
+def train_standard(cfg: RobustConfig, data: Any, seed: int, checkpoint_dir: Path | None = None,
+                   device: torch.device | str = "cpu") -> Job:
+    """One network on the (possibly poisoned) training set, plain or adversarial training,
+    then the robustness evaluation of ``cfg.eval`` on the clean test set."""
+    train_data = training_set(cfg, data)
+    model = build_model(cfg, data.num_classes, seed)
+    loss_fn = adversarial_loss(cfg.adv) if cfg.adversarial else None
+    res = fit(model, train_data.loader("train", cfg.batch_size, device, seed=seed), data.loader("test", 1000, device),
+              train_config(cfg, desc=f"{cfg.title or cfg.model} · seed {seed}"), loss_fn=loss_fn,
+              checkpoint_dir=checkpoint_dir)
+    last = res.history[-1]
+    per_step = gradient_evals_per_step(cfg.adv) if cfg.adversarial else 1
+    metrics = {"top1": last["test_acc"], "train_acc": last["train_acc"],
+               "grad_evals": float(res.train_images * per_step)}
+    extra: dict[str, Any] = {"title": cfg.title, "config": cfg.as_record(), "history": res.history,
+                             "poison": train_data.info.get("poison"), "train_images": int(len(train_data.y_train))}
+    test_var: dict[str, float] = {}
+    if cfg.eval is not None:
+        model.eval()
+        ev = evaluate(model, data.x_test, data.y_test, cfg.eval)
+        metrics.update(ev.metrics())
+        test_var = ev.test_var()
+        extra["robustness"] = ev.as_record()
+    return Job.from_fits([res], metrics, n_test=len(data.y_test), extra=extra, model=model, test_var=test_var)
