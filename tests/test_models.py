@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn as nn
@@ -14,7 +16,9 @@ ALL = available()
 # Forward+backward of the 36.5M-parameter WRN-28-10 is too slow for the unit
 # suite; it gets a parameter count and a batch-1 forward instead.
 HEAVY = {"wrn28_10"}
-VITS = [n for n in ALL if n.startswith("vit_")]
+# Transformers and hybrids fix their token grid from img_size; the CNNs take any size and a
+# norm_layer (the architecture family's protocol splits them the same way).
+VITS = [n for n in ALL if "img_size" in inspect.signature(models._REGISTRY[n]).parameters]
 CONV = [n for n in ALL if n not in VITS]
 
 # Published CIFAR-100 parameter counts (CRD table / WRN paper / common CIFAR code).

@@ -89,3 +89,4 @@ __all__ = ["available", "create", "register"]
 
 from repro.models import c3  # noqa: E402,F401
 from repro.models import slot_vit  # noqa: E402,F401
+from repro.models import maxxvit_cifar, swin_cifar, wconv_net  # noqa: E402,F401
