@@ -23,7 +23,10 @@ Parts:
 * ``traces.py``: what a job logs about its own parameters each epoch (CRReLU's ε per block,
   gate openings, weighted-convolution densities);
 * ``probes.py``: attention matrices of a trained slot ViT, spectral filters;
-* ``figures.py`` and ``tables.py``.
+* ``figures.py`` and ``tables.py``;
+* one module per chapter with its arms (``arm_configs(params)``), probes and chapter figures:
+  ``hag``, ``crrelu``, ``coswin``, ``wconv``, ``karat``, ``astroformer``, ``spectformer`` and
+  ``archcompare`` (which builds its variants through the other modules' ``arm_configs``).
 
 Networks live in ``repro/models`` (``slot_vit``, ``swin_cifar``, ``maxxvit_cifar``,
 ``wconv_net``), layers in ``repro/layers``.
