@@ -105,13 +105,14 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
-    schedule: str = "cosine"          # "cosine" | "step" | "constant"
+    schedule: str = "cosine"          # "cosine" | "step" | "constant" | "linear" (to 0 after the warm-up)
     milestones: Sequence[float] = (0.5, 0.75)  # step schedule: fractions of training (≤ 1) or epochs
     gamma: float = 0.1
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     ema_decay: float | None = None    # keep an exponential moving average of the weights
+    frozen_bn: bool = False           # BatchNorm layers stay in eval mode (running statistics frozen)
     bf16: bool = True                 # bf16 autocast: on CUDA, and on the CPU with REPRO_CPU_PRECISION=bf16
     channels_last: bool = True        # channels_last memory: likewise
     eval_every: int = 1
@@ -122,8 +123,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {self.optimizer!r}")
-        if self.schedule not in ("cosine", "step", "constant"):
-            raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', not {self.schedule!r}")
+        if self.schedule not in ("cosine", "step", "constant", "linear"):
+            raise ValueError(f"schedule must be 'cosine', 'step', 'constant' or 'linear', not {self.schedule!r}")
         if self.epochs < 0 or self.lr <= 0:
             raise ValueError("epochs must be ≥ 0 and lr > 0")
 
@@ -256,6 +257,18 @@ def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
     return loss_fn
 
 
+def freeze_batchnorm(model: nn.Module) -> int:
+    """Put every BatchNorm layer of ``model`` in eval mode, so training leaves its running
+    statistics alone and normalises with them (their affine weights still train). Returns how
+    many layers it froze."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            n += 1
+    return n
+
+
 def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
     """Multiplier of the base lr at ``step`` of ``total`` updates (warm-up, then the schedule)."""
     warm = int(cfg.warmup_epochs * steps_per_epoch)
@@ -266,6 +279,9 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> 
     if cfg.schedule == "cosine":
         t = (step - warm) / max(1, total - warm)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    if cfg.schedule == "linear":  # with a warm-up: the piecewise-linear "slow start, fast decay"
+        t = (step - warm) / max(1, total - warm)
+        return max(0.0, 1.0 - t)
     # step schedule: milestones as fractions of training (≤ 1) or as epochs (> 1)
     f = 1.0
     for m in cfg.milestones:
@@ -425,6 +441,8 @@ def fit(
     with _SigtermAsInterrupt(), _fp32_outputs(model, prec.bf16):
         for epoch in bar:
             model.train()
+            if cfg.frozen_bn:
+                freeze_batchnorm(model)
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device)

@@ -225,3 +225,51 @@ def test_standard_arm_trains_poisoned_and_adversarially_then_evaluates():
     assert job.extra["poison"]["poisoned"] == 48 and job.extra["config"]["adv"]["steps"] == 2
     assert len(job.extra["history"]) == 2 and job.extra["robustness"]["n"] == 16
     assert not job.model.training  # evaluated in eval mode
+
+
+# -- fine-tuning and shared checkpoints ----------------------------------------------------------
+def test_fine_tuning_starts_from_the_init_model_and_counts_both_stages(tmp_path):
+    data = tiny_data()
+    base = protocol.robust_config(PARAMS, "base", epochs=2)
+    ft = protocol.robust_config(PARAMS, "ft", adv=protocol.adv_config(PARAMS), init=base, epochs=1,
+                                schedule="linear", warmup_epochs=0.5)
+    job = train_standard(ft, data, seed=0, checkpoint_dir=tmp_path / "job")
+    # base: 2 epochs × 48 images × 1 pass; fine-tuning: 1 epoch × 48 × (1 + 2 PGD steps)
+    assert job.metrics["grad_evals"] == 2 * 48 + 48 * 3 and job.metrics["grad_evals_finetune"] == 48 * 3
+    assert len(job.extra["init_history"]) == 1 and len(job.extra["init_history"][0]) == 2
+    assert job.train_images == 2 * 48 + 48
+    # the init model is checkpointed in a sub-folder named by its recipe: a second fine-tuning from the
+    # same base finds it (the base's weights are the same as training it alone, seed for seed)
+    sub = [p for p in (tmp_path / "job").iterdir() if p.is_dir() and p.name.startswith("standard-")]
+    assert len(sub) == 1
+    alone = train_standard(base, data, seed=0)
+    from repro.families.robustness.arms.standard import train_model
+    again, fits, _ = train_model(base, data, 0, protocol.checkpoint_folders(None, "", tmp_path / "job", "standard"),
+                                 own=False)
+    for a, b in zip(alone.model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_recipe_ignores_title_and_evaluation_but_not_the_init():
+    base = protocol.robust_config(PARAMS, "a")
+    ev = EvalConfig((AttackSpec("pgd", eps=0.03, steps=2),), images=16)
+    assert protocol.robust_config(PARAMS, "b", eval=ev).recipe() == base.recipe()
+    ft1 = protocol.robust_config(PARAMS, "ft", init=base)
+    ft2 = protocol.robust_config(PARAMS, "ft", init=protocol.robust_config(PARAMS, "a", epochs=9))
+    assert ft1.recipe() != ft2.recipe() and ft1.recipe() != base.recipe()
+    with pytest.raises(ParameterError, match="init"):
+        protocol.robust_config(PARAMS, "ft", init=protocol.robust_config(PARAMS, "a", model="resnet18"))
+
+
+def test_frozen_bn_keeps_running_statistics_while_weights_train():
+    from repro.train import TrainConfig, fit
+    data = tiny_data()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 4))
+    bn = net[1]
+    mean0, var0, w0 = bn.running_mean.clone(), bn.running_var.clone(), net[0].weight.clone()
+    fit(net, data.loader("train", 16, "cpu", seed=0), None,
+        TrainConfig(epochs=2, lr=0.1, frozen_bn=True, bf16=False, channels_last=False, progress=False))
+    assert torch.equal(bn.running_mean, mean0) and torch.equal(bn.running_var, var0)
+    assert not torch.equal(net[0].weight, w0)

@@ -40,6 +40,9 @@ def test_lr_schedules_by_hand():
     assert lr_factor(cfg, 0, 100, 10) == 1 and lr_factor(cfg, 50, 100, 10) == pytest.approx(0.5)
     cfg = TrainConfig(schedule="cosine", warmup_epochs=1)
     assert lr_factor(cfg, 4, 100, 10) == pytest.approx(0.5)
+    # "slow start, fast decay": ramp over the first 40 of 100 steps, then linear to 0
+    cfg = TrainConfig(schedule="linear", warmup_epochs=4)
+    assert [lr_factor(cfg, s, 100, 10) for s in (0, 19, 39, 40, 70, 100)] == pytest.approx([0.025, 0.5, 1, 1, 0.5, 0])
 
 
 def test_bad_config_is_refused():

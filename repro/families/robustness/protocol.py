@@ -16,8 +16,10 @@ a poison fraction outside [0, 1]. An attack on a model in train mode and images 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +32,15 @@ from ... import models
 from ...arms import make_config
 from ...data.poison import CudaPoison
 from ...errors import ParameterError
+from ...modes import fresh
+from ...paths import checkpoints_dir
 from ...sweep import Job, JobFn
 from ...train import TrainConfig
 from .evaluate import EvalConfig
 from .training import AdvTrainConfig
 
 FAMILY = "robustness"
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "step", "constant", "linear")
 #: What an arm trains on when its config carries a poison: every image ("all", the poisoned
 #: ones included) or only the images the poison leaves clean ("unpoisoned": the control that
 #: tells whether the poisoned images hurt or merely do not help).
@@ -84,7 +88,11 @@ class RobustConfig:
     CE). ``poison``: a training-set poison (``repro.data.poison.CudaPoison``; None: clean
     data) and ``train_on`` ("all" or "unpoisoned", :data:`TRAIN_ON`). ``eval``: the robustness
     evaluation after training (:class:`.evaluate.EvalConfig`; None: clean test accuracy only).
-    ``title``: the arm's display name.
+    ``init``: fine-tuning — the model starts from the weights the family's ``standard`` arm
+    trains under this other config (same seed; trained once and shared, see :func:`jobs`), and
+    this config's recipe is the fine-tuning's (None: from scratch). ``frozen_bn``: BatchNorm
+    layers stay in eval mode during training (running statistics frozen). ``title``: the
+    arm's display name.
     """
 
     model: str = "resnet18"
@@ -103,6 +111,8 @@ class RobustConfig:
     poison: CudaPoison | None = None
     train_on: str = "all"
     eval: EvalConfig | None = None
+    init: RobustConfig | None = None
+    frozen_bn: bool = False
     title: str = ""
 
     def __post_init__(self) -> None:
@@ -129,6 +139,10 @@ class RobustConfig:
             v = getattr(self, name)
             if v is not None and not isinstance(v, cls):
                 raise ParameterError(f"{name} must be a {cls.__name__} or None, got {type(v).__name__}")
+        if self.init is not None and not isinstance(self.init, RobustConfig):
+            raise ParameterError(f"init must be a RobustConfig or None, got {type(self.init).__name__}")
+        if self.init is not None and self.init.model != self.model:
+            raise ParameterError(f"init trains a {self.init.model}, but this config fine-tunes a {self.model}")
         if self.train_on not in TRAIN_ON:
             raise ParameterError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {self.train_on!r}")
         if self.train_on != "all" and self.poison is None:
@@ -147,7 +161,18 @@ class RobustConfig:
                 "warmup_epochs": self.warmup_epochs, "grad_clip": self.grad_clip,
                 "adv": self.adv.as_record() if self.adv is not None else None,
                 "poison": self.poison.as_record() if self.poison is not None else None, "train_on": self.train_on,
-                "eval": self.eval.as_record() if self.eval is not None else None, "title": self.title}
+                "eval": self.eval.as_record() if self.eval is not None else None,
+                "init": self.init.as_record() if self.init is not None else None, "frozen_bn": self.frozen_bn,
+                "title": self.title}
+
+    def recipe(self) -> dict[str, Any]:
+        """What determines the trained weights: every setting but the title and the
+        evaluation (two arms that differ only there share one checkpoint)."""
+        rec = self.as_record()
+        rec.pop("title"), rec.pop("eval")
+        if self.init is not None:
+            rec["init"] = self.init.recipe()
+        return rec
 
 
 def robust_config(params: Mapping[str, Any], title: str = "", **overrides: Any) -> RobustConfig:
@@ -183,19 +208,54 @@ def train_config(cfg: RobustConfig, **kw: Any) -> TrainConfig:
     base = dict(epochs=int(cfg.epochs), optimizer="sgd", lr=float(cfg.lr), momentum=float(cfg.momentum),
                 weight_decay=float(cfg.weight_decay), schedule=cfg.schedule, milestones=tuple(cfg.milestones),
                 gamma=float(cfg.gamma), warmup_epochs=float(cfg.warmup_epochs),
-                grad_clip=float(cfg.grad_clip) or None)
+                grad_clip=float(cfg.grad_clip) or None, frozen_bn=bool(cfg.frozen_bn))
     return TrainConfig(**{**base, **kw})
 
 
-def jobs(arms: Mapping[str, tuple[str, RobustConfig]], data: Any, device: Any = "cpu") -> dict[str, JobFn]:
+def data_fingerprint(data: Any) -> str:
+    """A content hash of a dataset's images and labels (train and test): two chapters that cut
+    the same subset get the same fingerprint."""
+    h = hashlib.sha256()
+    for t in (data.x_train, data.y_train, data.x_test, data.y_test):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+#: ``(config, seed, own) → checkpoint folder`` of a model a job trains: its own (``own``) or
+#: the start of a fine-tuning (None: no checkpoints).
+CheckpointFor = Callable[..., "Path | None"]
+
+
+def shared_checkpoint_dir(run: Any, arm: str, cfg: RobustConfig, fingerprint: str, seed: int) -> Path:
+    """The family's checkpoint folder of the model ``arm`` trains under ``cfg``, shared by
+    every chapter.
+
+    Keyed by the recipe (:meth:`RobustConfig.recipe`: the evaluation and the title do not
+    count), the data's content, the seed and the package's source hash (plus the run id under
+    ``repro run --fresh``), so the comparison chapter, and chapters whose baselines coincide
+    (a standard and a PGD-AT network of the same recipe), find a finished job and load it
+    instead of training it again. Its training cost is still counted in the record (``fit``
+    reports the cost of producing a model, resumed or not)."""
+    parts: list[Any] = [FAMILY, arm, cfg.recipe(), fingerprint, seed, run.env["source_hash"]]
+    if fresh():
+        parts.append(run.run_id)
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return checkpoints_dir() / FAMILY / run.tier / f"{arm}-{cfg.model}-s{seed}-{digest}"
+
+
+def jobs(arms: Mapping[str, tuple[str, RobustConfig]], data: Any, device: Any = "cpu",
+         run: Any = None) -> dict[str, JobFn]:
     """``label → (arm name, config)`` → ``label → job(seed, checkpoint_dir) -> Job`` for
     ``repro.sweep.sweep``. Checked here, before any job trains: every arm name is registered
     in the family (ParameterError listing its arms otherwise), every config is a
     :class:`RobustConfig` (whose own checks cover the recipe, the adversarial-training ε and
     the poison), every evaluation attack passes ``check_attack`` (unknown attack or norm, ε
     out of range), the evaluation asks for no more images than the test set has, and every
-    network builds."""
+    network builds. With ``run``, every model a job trains keeps its checkpoints in the
+    family's shared folders (:func:`checkpoint_folders`), so a model two chapters (or the
+    comparison chapter) train under the same recipe is trained once."""
     out: dict[str, JobFn] = {}
+    fingerprint = data_fingerprint(data) if run is not None else ""
     for label, (name, cfg) in arms.items():
         impl = _arms.get(FAMILY, name).impl
         if not isinstance(cfg, RobustConfig):
@@ -208,7 +268,29 @@ def jobs(arms: Mapping[str, tuple[str, RobustConfig]], data: Any, device: Any = 
                                      f"has {n_test}")
         build_model(cfg, data.num_classes, 0)  # a bad model setting fails here
 
-        def job(seed: int, checkpoint_dir: Path | None, impl=impl, cfg=cfg) -> Job:
-            return impl(cfg, data, seed, checkpoint_dir, device)
+        def job(seed: int, checkpoint_dir: Path | None, impl=impl, cfg=cfg, name=name) -> Job:
+            return impl(cfg, data, seed, checkpoint_dir, device,
+                        checkpoints=checkpoint_folders(run, fingerprint, checkpoint_dir, name))
         out[label] = job
     return out
+
+
+def checkpoint_folders(run: Any, fingerprint: str, job_dir: Path | None, arm: str) -> CheckpointFor:
+    """``where(cfg, seed, own=False)``: the checkpoint folder of a model a job of ``arm``
+    trains. ``own``: the job's own model (keyed by ``arm``); otherwise a model the job builds
+    on, trained by the ``standard`` arm under ``cfg`` (a fine-tuning's start, a zoo of source
+    models). With ``run`` these are the family's shared folders (:func:`shared_checkpoint_dir`),
+    so every chapter that needs the same model trains it once; without it, the job's own
+    folder from the sweep and sub-folders of it named by the recipe. No folder (None) when
+    the sweep gives the job none."""
+    def where(cfg: RobustConfig, seed: int, own: bool = False) -> Path | None:
+        if job_dir is None:
+            return None
+        key = arm if own else "standard"
+        if run is not None:
+            return shared_checkpoint_dir(run, key, cfg, fingerprint, seed)
+        if own:
+            return job_dir
+        digest = hashlib.sha256(json.dumps([key, cfg.recipe()], sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return job_dir / f"{key}-{cfg.model}-{digest}"
+    return where

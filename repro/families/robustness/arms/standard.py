@@ -29,7 +29,7 @@ from ....data.poison import poison_dataset, poison_indices
 from ....sweep import Job
 from ....train import fit
 from ..evaluate import evaluate
-from ..protocol import RobustConfig, build_model, train_config
+from ..protocol import CheckpointFor, RobustConfig, build_model, checkpoint_folders, train_config
 from ..training import adversarial_loss, gradient_evals_per_step
 
 
@@ -50,22 +50,47 @@ def training_set(cfg: RobustConfig, data: Any) -> Any:
     return dataclasses.replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep], info=info)
 
 
+def train_model(cfg: RobustConfig, data: Any, seed: int, checkpoints: CheckpointFor | None = None,
+                device: torch.device | str = "cpu", own: bool = True) -> tuple[torch.nn.Module, list[Any], list[float]]:
+    """The network ``cfg`` trains (its ``init`` trained first, or loaded from its checkpoint,
+    when it fine-tunes) → ``(model, fits, grad_evals)``: every ``FitResult`` behind the model
+    (the init's first) and the gradient evaluations of each (forward–backward passes over
+    one image, attack steps included)."""
+    fits: list[Any] = []
+    grad_evals: list[float] = []
+    if cfg.init is not None:
+        model, fits, grad_evals = train_model(cfg.init, data, seed, checkpoints, device, own=False)
+    else:
+        model = build_model(cfg, data.num_classes, seed)
+    train_data = training_set(cfg, data)
+    loss_fn = adversarial_loss(cfg.adv) if cfg.adversarial else None
+    stage = "fine-tune" if cfg.init is not None else ""
+    desc = " · ".join(x for x in (cfg.title or cfg.model, stage, f"seed {seed}") if x)
+    res = fit(model, train_data.loader("train", cfg.batch_size, device, seed=seed), data.loader("test", 1000, device),
+              train_config(cfg, desc=desc), loss_fn=loss_fn,
+              checkpoint_dir=checkpoints(cfg, seed, own) if checkpoints is not None else None)
+    per_step = gradient_evals_per_step(cfg.adv) if cfg.adversarial else 1
+    return model, fits + [res], grad_evals + [float(res.train_images * per_step)]
+
+
 @arm("standard", family="robustness", config=RobustConfig)
 def train_standard(cfg: RobustConfig, data: Any, seed: int, checkpoint_dir: Path | None = None,
-                   device: torch.device | str = "cpu") -> Job:
-    """One network on the (possibly poisoned) training set, plain or adversarial training,
-    then the robustness evaluation of ``cfg.eval`` on the clean test set."""
+                   device: torch.device | str = "cpu", checkpoints: CheckpointFor | None = None) -> Job:
+    """One network on the (possibly poisoned) training set, plain or adversarial training
+    (from scratch, or fine-tuning the model of ``cfg.init``), then the robustness evaluation
+    of ``cfg.eval`` on the clean test set. ``checkpoints`` (from ``protocol.jobs``) places
+    the checkpoints; without it they go to ``checkpoint_dir`` (the init's in a sub-folder)."""
+    if checkpoints is None:
+        checkpoints = checkpoint_folders(None, "", checkpoint_dir, "standard")
     train_data = training_set(cfg, data)
-    model = build_model(cfg, data.num_classes, seed)
-    loss_fn = adversarial_loss(cfg.adv) if cfg.adversarial else None
-    res = fit(model, train_data.loader("train", cfg.batch_size, device, seed=seed), data.loader("test", 1000, device),
-              train_config(cfg, desc=f"{cfg.title or cfg.model} · seed {seed}"), loss_fn=loss_fn,
-              checkpoint_dir=checkpoint_dir)
+    model, fits, grad_evals = train_model(cfg, data, seed, checkpoints, device)
+    res = fits[-1]
     last = res.history[-1]
-    per_step = gradient_evals_per_step(cfg.adv) if cfg.adversarial else 1
-    metrics = {"top1": last["test_acc"], "train_acc": last["train_acc"],
-               "grad_evals": float(res.train_images * per_step)}
+    metrics = {"top1": last["test_acc"], "train_acc": last["train_acc"], "grad_evals": sum(grad_evals)}
+    if cfg.init is not None:
+        metrics["grad_evals_finetune"] = grad_evals[-1]
     extra: dict[str, Any] = {"title": cfg.title, "config": cfg.as_record(), "history": res.history,
+                             "init_history": [f.history for f in fits[:-1]],
                              "poison": train_data.info.get("poison"), "train_images": int(len(train_data.y_train))}
     test_var: dict[str, float] = {}
     if cfg.eval is not None:
@@ -74,4 +99,4 @@ def train_standard(cfg: RobustConfig, data: Any, seed: int, checkpoint_dir: Path
         metrics.update(ev.metrics())
         test_var = ev.test_var()
         extra["robustness"] = ev.as_record()
-    return Job.from_fits([res], metrics, n_test=len(data.y_test), extra=extra, model=model, test_var=test_var)
+    return Job.from_fits(fits, metrics, n_test=len(data.y_test), extra=extra, model=model, test_var=test_var)
