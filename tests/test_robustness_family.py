@@ -273,3 +273,19 @@ def test_frozen_bn_keeps_running_statistics_while_weights_train():
         TrainConfig(epochs=2, lr=0.1, frozen_bn=True, bf16=False, channels_last=False, progress=False))
     assert torch.equal(bn.running_mean, mean0) and torch.equal(bn.running_var, var0)
     assert not torch.equal(net[0].weight, w0)
+
+
+def test_tracking_robustness_per_epoch_leaves_the_weights_alone():
+    data = tiny_data()
+    ev = EvalConfig((AttackSpec("pgd", eps=0.03, steps=2),), images=16, batch_size=16, square_queries=5, sanity=False)
+    adv = protocol.adv_config(PARAMS)
+    plain = train_standard(protocol.robust_config(PARAMS, "at", adv=adv, eval=ev, epochs=2), data, seed=0)
+    tracked = train_standard(protocol.robust_config(PARAMS, "at", adv=adv, eval=ev, epochs=2, track_images=8),
+                             data, seed=0)
+    for a, b in zip(plain.model.state_dict().values(), tracked.model.state_dict().values()):
+        assert torch.equal(a, b)
+    rows = tracked.extra["history"]
+    assert all(0 <= r["track_robust"] <= r["track_clean"] <= 100 for r in rows) and len(rows) == 2
+    assert all(r["track_clean"] * 8 / 100 == round(r["track_clean"] * 8 / 100) for r in rows)  # 8 images
+    with pytest.raises(ParameterError, match="track_images"):
+        protocol.robust_config(PARAMS, "x", track_images=4)

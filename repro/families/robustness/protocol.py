@@ -91,8 +91,10 @@ class RobustConfig:
     ``init``: fine-tuning — the model starts from the weights the family's ``standard`` arm
     trains under this other config (same seed; trained once and shared, see :func:`jobs`), and
     this config's recipe is the fine-tuning's (None: from scratch). ``frozen_bn``: BatchNorm
-    layers stay in eval mode during training (running statistics frozen). ``title``: the
-    arm's display name.
+    layers stay in eval mode during training (running statistics frozen). ``track_images``:
+    after every epoch, clean and robust accuracy under the evaluation's white-box attack on
+    the first ``track_images`` images of its fixed subset (0: none; needs ``eval``; it never
+    changes the trained weights, so the recipe ignores it). ``title``: the arm's display name.
     """
 
     model: str = "resnet18"
@@ -113,6 +115,7 @@ class RobustConfig:
     eval: EvalConfig | None = None
     init: RobustConfig | None = None
     frozen_bn: bool = False
+    track_images: int = 0
     title: str = ""
 
     def __post_init__(self) -> None:
@@ -143,6 +146,10 @@ class RobustConfig:
             raise ParameterError(f"init must be a RobustConfig or None, got {type(self.init).__name__}")
         if self.init is not None and self.init.model != self.model:
             raise ParameterError(f"init trains a {self.init.model}, but this config fine-tunes a {self.model}")
+        if isinstance(self.track_images, bool) or not isinstance(self.track_images, int) or self.track_images < 0:
+            raise ParameterError(f"track_images must be an integer ≥ 0, got {self.track_images!r}")
+        if self.track_images and self.eval is None:
+            raise ParameterError("track_images needs an evaluation (eval) whose attack it tracks")
         if self.train_on not in TRAIN_ON:
             raise ParameterError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {self.train_on!r}")
         if self.train_on != "all" and self.poison is None:
@@ -163,13 +170,13 @@ class RobustConfig:
                 "poison": self.poison.as_record() if self.poison is not None else None, "train_on": self.train_on,
                 "eval": self.eval.as_record() if self.eval is not None else None,
                 "init": self.init.as_record() if self.init is not None else None, "frozen_bn": self.frozen_bn,
-                "title": self.title}
+                "track_images": self.track_images, "title": self.title}
 
     def recipe(self) -> dict[str, Any]:
         """What determines the trained weights: every setting but the title and the
         evaluation (two arms that differ only there share one checkpoint)."""
         rec = self.as_record()
-        rec.pop("title"), rec.pop("eval")
+        rec.pop("title"), rec.pop("eval"), rec.pop("track_images")
         if self.init is not None:
             rec["init"] = self.init.recipe()
         return rec

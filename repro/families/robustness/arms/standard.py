@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn as nn
 
 from ....arms import arm
 from ....data.poison import poison_dataset, poison_indices
 from ....sweep import Job
 from ....train import fit
-from ..evaluate import evaluate
+from ..attacks import PixelModel, robust_accuracy
+from ..evaluate import eval_images, evaluate
 from ..protocol import CheckpointFor, RobustConfig, build_model, checkpoint_folders, train_config
 from ..training import adversarial_loss, gradient_evals_per_step
 
@@ -68,9 +71,33 @@ def train_model(cfg: RobustConfig, data: Any, seed: int, checkpoints: Checkpoint
     desc = " · ".join(x for x in (cfg.title or cfg.model, stage, f"seed {seed}") if x)
     res = fit(model, train_data.loader("train", cfg.batch_size, device, seed=seed), data.loader("test", 1000, device),
               train_config(cfg, desc=desc), loss_fn=loss_fn,
-              checkpoint_dir=checkpoints(cfg, seed, own) if checkpoints is not None else None)
+              checkpoint_dir=checkpoints(cfg, seed, own) if checkpoints is not None else None,
+              extra_eval=robustness_tracker(cfg, data) if own and cfg.track_images else None)
     per_step = gradient_evals_per_step(cfg.adv) if cfg.adversarial else 1
     return model, fits + [res], grad_evals + [float(res.train_images * per_step)]
+
+
+def robustness_tracker(cfg: RobustConfig, data: Any) -> Callable[[nn.Module], dict[str, float]]:
+    """fit's ``extra_eval``: clean (``track_clean``) and robust (``track_robust``) accuracy of
+    the model after each epoch, under the evaluation's white-box attack, on the first
+    ``cfg.track_images`` images of the evaluation's fixed subset. The model is evaluated in
+    eval mode and handed back in train mode; torch's RNG is forked, so tracking leaves the
+    training's random draws (and so its weights) exactly as without it."""
+    assert cfg.eval is not None
+    x, y, _ = eval_images(data.x_test, data.y_test, cfg.eval.images, cfg.eval.seed)
+    x, y = x[:cfg.track_images], y[:cfg.track_images]
+    spec = cfg.eval.white_box()
+
+    def track(model: nn.Module) -> dict[str, float]:
+        dev = next(model.parameters()).device
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+                acc = robust_accuracy(PixelModel(model).eval(), x.to(dev), y.to(dev), (spec,), cfg.eval.batch_size)
+        finally:
+            model.train()
+        return {"track_clean": acc["clean"], "track_robust": acc[spec.key]}
+    return track
 
 
 @arm("standard", family="robustness", config=RobustConfig)
