@@ -68,7 +68,7 @@ def train_model(cfg: RobustConfig, data: Any, seed: int, checkpoints: Checkpoint
     train_data = training_set(cfg, data)
     loss_fn = adversarial_loss(cfg.adv) if cfg.adversarial else None
     stage = "fine-tune" if cfg.init is not None else ""
-    desc = " · ".join(x for x in (cfg.title or cfg.model, stage, f"seed {seed}") if x)
+    desc = f"{cfg.title or cfg.model + (' ' + stage if stage else '')} · seed {seed}"
     res = fit(model, train_data.loader("train", cfg.batch_size, device, seed=seed), data.loader("test", 1000, device),
               train_config(cfg, desc=desc), loss_fn=loss_fn,
               checkpoint_dir=checkpoints(cfg, seed, own) if checkpoints is not None else None,
