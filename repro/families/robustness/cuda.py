@@ -39,6 +39,9 @@ from ...tables import markdown_table
 from .attacks import AttackSpec
 from .evaluate import EvalConfig
 from .protocol import RobustConfig, adv_config, robust_config
+from .tables import count as _count
+from .tables import hardening_flag, sanity_flags
+from .tables import sanity_table as _sanity_table
 
 #: The poisoned fraction whose claim the chapter judges (``cuda_mix50`` against ``clean``).
 CLAIMED_FRACTION = 0.5
@@ -331,12 +334,6 @@ def _mean(result: SweepResult, metric: str, arm: str) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def _count(x: float | None) -> str:
-    if x is None:
-        return "—"
-    return f"{x / 1e6:.2f} M" if x >= 1e6 else (f"{x / 1e3:.0f} k" if x >= 1e4 else f"{x:.0f}")
-
-
 def summary_table(result: SweepResult) -> str:
     """One row per arm: training data, adversarial training, images trained on, test top-1 per
     seed (mean), the last epoch's accuracy on the training batches, robust accuracy under PGD
@@ -366,56 +363,23 @@ def summary_table(result: SweepResult) -> str:
 
 
 def sanity_table(result: SweepResult) -> str:
-    """Per evaluated arm and seed: clean and PGD accuracy on the subset, and each sanity check
-    (more steps, unbounded, black box) with its number and whether it passed."""
-    rows = []
-    for arm in EVALUATED:
-        for j in result.of(arm):
-            rob = j["extra"].get("robustness") or {}
-            san = rob.get("sanity")
-            if not san:
-                continue
-            checks = {c["name"]: c for c in san["checks"]}
-
-            def cell(name: str, key: str) -> str:
-                c = checks.get(name)
-                return "—" if c is None else f"{c['numbers'][key]:.1f} {'✓' if c['passed'] else '✗ FAILED'}"
-            rows.append([f"`{arm}`", str(j["seed"]), str(rob["n"]), f"{rob['clean']:.1f}", f"{rob['robust']['pgd']:.1f}",
-                         cell("more_steps", "more_steps_acc"), cell("unbounded", "acc"), cell("black_box", "acc")])
-    return markdown_table(["arm", "seed", "images", "clean", "PGD", "PGD, 2× steps", "unbounded PGD (ε = 1)",
-                           "Square (black box)"], rows, "lrrrrrrr")
+    """The family's sanity table (``tables.sanity_table``) for the evaluated arms."""
+    return _sanity_table(result, [a for a in EVALUATED if result.of(a)])
 
 
 def guards(result: SweepResult, claims: Sequence[Any], z: float = 2.0) -> list[tuple[str, str]]:
     """``(claim key, reason)`` for each claim that rests on an adversarially trained arm
     (:data:`ADVERSARIAL`) whose adversarial training cannot be vouched for: a failed sanity
-    check in any evaluated arm, or an AT arm that PGD does not find harder to attack than the
-    ERM arm trained on the same data. "Harder to attack" is measured by the points of clean
-    accuracy the attack removes on the evaluation subset (clean − robust, mean over seeds),
-    which must be lower for the AT arm by more than ``z`` binomial standard errors of the
-    difference. (Absolute robust accuracy would not do: at a small ε on small images a
-    standard model keeps much of its accuracy, and an AT model trades clean accuracy for
-    robustness.) Pass each pair to ``run.flag(reason, claim=key)``: the claim becomes
+    check in any evaluated arm (``tables.sanity_flags``), or an AT arm that PGD does not find
+    harder to attack than the ERM arm trained on the same data (``tables.hardening_flag``:
+    the points of clean accuracy the attack removes must be lower by more than ``z`` binomial
+    standard errors). Pass each pair to ``run.flag(reason, claim=key)``: the claim becomes
     inconclusive."""
-    reasons: list[str] = []
-    for arm in EVALUATED:
-        for j in result.of(arm):
-            for f in (j["extra"].get("robustness") or {}).get("flags", []):
-                reasons.append(f"{arm} seed {j['seed']}: {f}")
+    reasons = sanity_flags(result, EVALUATED)
     for at_arm, erm_arm in (("clean_at", "clean"), ("cuda_at", "cuda")):
-        drops = {}
-        for arm in (at_arm, erm_arm):
-            c, r = _mean(result, "eval_clean", arm), _mean(result, "robust_pgd", arm)
-            drops[arm] = None if c is None or r is None else c - r
-        if None in drops.values():
-            continue
-        n = min(j["extra"]["robustness"]["n"] for j in result.of(at_arm) + result.of(erm_arm))
-        pa, pb = (min(max(drops[a] / 100, 0.0), 1.0) for a in (at_arm, erm_arm))
-        se = 100 * math.sqrt((pa * (1 - pa) + pb * (1 - pb)) / n + 1.0 / n ** 2)
-        if drops[at_arm] >= drops[erm_arm] - z * se:
-            reasons.append(f"adversarial training did not make {at_arm} harder to attack than {erm_arm}: PGD removes "
-                           f"{drops[at_arm]:.1f} points of its clean accuracy vs {drops[erm_arm]:.1f} "
-                           f"(tolerance {z * se:.1f}, {n} images)")
+        why = hardening_flag(result, at_arm, erm_arm, z=z)
+        if why:
+            reasons.append(why)
     if not reasons:
         return []
     why = "; ".join(reasons)

@@ -103,13 +103,15 @@ def sanity_table(result: SweepResult, arms: Sequence[str] | None = None) -> str:
             if not san:
                 continue
             checks = {c["name"]: c for c in san["checks"]}
-            spec = san["white_box_spec"]
+            spec = san.get("white_box_spec") or {}
+            name = spec.get("label") or spec.get("name") or ""
+            wb = san.get("white_box", checks.get("more_steps", {}).get("numbers", {}).get("acc"))
 
             def cell(name: str, num: str) -> str:
                 c = checks.get(name)
                 return "—" if c is None else f"{c['numbers'][num]:.1f} {'✓' if c['passed'] else '✗ FAILED'}"
             rows.append([f"`{a}`", str(j["seed"]), str(rob["n"]), f"{rob['clean']:.1f}",
-                         f"{spec.get('label') or spec['name']} {san['white_box']:.1f}", cell("more_steps", "more_steps_acc"),
+                         "—" if wb is None else f"{name} {wb:.1f}".strip(), cell("more_steps", "more_steps_acc"),
                          cell("unbounded", "acc"), cell("black_box", "acc")])
     return markdown_table(["arm", "seed", "images", "clean", "white-box", "2× steps", "unbounded (ε = 1)",
                            "Square (black box)"], rows, "lrrrrrrr")
