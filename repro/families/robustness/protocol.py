@@ -228,8 +228,8 @@ def data_fingerprint(data: Any) -> str:
     return h.hexdigest()[:20]
 
 
-#: ``(config, seed, own) → checkpoint folder`` of a model a job trains: its own (``own``) or
-#: the start of a fine-tuning (None: no checkpoints).
+#: ``(config, seed, own=False, of="") → checkpoint folder`` of a model a job trains: its own
+#: (``own``), another arm's (``of``) or a ``standard`` model it builds on (None: no checkpoints).
 CheckpointFor = Callable[..., "Path | None"]
 
 
@@ -283,20 +283,21 @@ def jobs(arms: Mapping[str, tuple[str, RobustConfig]], data: Any, device: Any = 
 
 
 def checkpoint_folders(run: Any, fingerprint: str, job_dir: Path | None, arm: str) -> CheckpointFor:
-    """``where(cfg, seed, own=False)``: the checkpoint folder of a model a job of ``arm``
-    trains. ``own``: the job's own model (keyed by ``arm``); otherwise a model the job builds
-    on, trained by the ``standard`` arm under ``cfg`` (a fine-tuning's start, a zoo of source
-    models). With ``run`` these are the family's shared folders (:func:`shared_checkpoint_dir`),
+    """``where(cfg, seed, own=False, of="")``: the checkpoint folder of a model a job of
+    ``arm`` trains. ``own``: the job's own model (keyed by ``arm``); ``of``: the model another
+    arm trains under ``cfg`` (e.g. the comparison chapter loading a chapter's trained model);
+    otherwise a model the job builds on, trained by the ``standard`` arm under ``cfg`` (a
+    fine-tuning's start, a zoo of source models). With ``run`` these are the family's shared folders (:func:`shared_checkpoint_dir`),
     so every chapter that needs the same model trains it once; without it, the job's own
     folder from the sweep and sub-folders of it named by the recipe. No folder (None) when
     the sweep gives the job none."""
-    def where(cfg: RobustConfig, seed: int, own: bool = False) -> Path | None:
+    def where(cfg: RobustConfig, seed: int, own: bool = False, of: str = "") -> Path | None:
         if job_dir is None:
             return None
-        key = arm if own else "standard"
+        key = of or (arm if own else "standard")
         if run is not None:
             return shared_checkpoint_dir(run, key, cfg, fingerprint, seed)
-        if own:
+        if own and not of:
             return job_dir
         digest = hashlib.sha256(json.dumps([key, cfg.recipe()], sort_keys=True, default=str).encode()).hexdigest()[:12]
         return job_dir / f"{key}-{cfg.model}-{digest}"
