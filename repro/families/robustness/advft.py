@@ -22,7 +22,6 @@ evaluations, attack steps included, with and without the pre-training.
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -224,11 +223,11 @@ def epoch_figure(result: SweepResult, setting: str) -> tuple[Figure, dict]:
     return fig, jsonable({"arms": out, "setting": setting, "band": "min-max over seeds"})
 
 
-def comparison_models(params: Mapping[str, Any], ev: EvalConfig) -> dict[str, tuple[str, RobustConfig]]:
-    """The chapter's models for the family comparison (chapter 46), evaluated with ``ev``:
-    ``standard`` (the pre-trained model), ``pgd_at`` (AT from scratch) and ``advft`` (the
-    slow-start fine-tuning), with the same recipes as here, so they load from the shared
-    checkpoints."""
+def comparison_models(params: Mapping[str, Any]) -> dict[str, tuple[str, RobustConfig]]:
+    """The chapter's models for the family comparison (chapter 46), as ``label → (builder,
+    config)``: ``standard`` (the pre-trained model), ``pgd_at`` (AT from scratch) and
+    ``advft`` (the slow-start fine-tuning), all the ``standard`` arm's, with the very configs
+    trained here, so the comparison loads them from the shared checkpoints."""
     arms = arm_configs(params)
     pick = {"standard": "pretrained", "pgd_at": "at_scratch", "advft": "ft_slowfast"}
-    return {k: (arms[v][0], dataclasses.replace(arms[v][1], eval=ev, track_images=0)) for k, v in pick.items()}
+    return {k: ("standard", arms[v][1]) for k, v in pick.items()}
