@@ -947,3 +947,13 @@ def guards(result: SweepResult, claims: Sequence[Any], z: float = 2.0) -> list[t
         if reasons:
             out.append((c.key, "; ".join(reasons)))
     return out
+
+
+def comparison_models(params: Mapping[str, Any]) -> dict[str, tuple[str, RobustConfig]]:
+    """The chapter's models for the family comparison (chapter 46), as ``label → (builder,
+    config)``: ``fgsm_at`` (h, the family's fast adversarial training) and ``adasmooth`` (the
+    adaptive mixture of g and h), with the configs trained here, so the comparison loads
+    them from the shared checkpoints."""
+    arms = arm_configs(params)
+    ada = arms["adasmooth"][1]
+    return {"fgsm_at": ("standard", ada.base_h), "adasmooth": ("adasmooth", ada)}

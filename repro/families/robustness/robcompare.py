@@ -43,6 +43,8 @@ MODELS: dict[str, tuple[str, str]] = {
     "standard": ("advft", "standard training"),
     "pgd_at": ("advft", "PGD-AT from scratch (40)"),
     "advft": ("advft", "adversarial fine-tuning (40)"),
+    "fgsm_at": ("adasmooth", "FGSM-AT, fast (03's h)"),
+    "adasmooth": ("adasmooth", "adaptive smoothing (03)"),
 }
 DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataConfig))
 

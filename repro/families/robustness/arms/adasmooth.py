@@ -49,6 +49,7 @@ from ..adasmooth import (CLAIM_POINTS, AdaSmoothConfig, PointResult, binomial_va
                          mixer_loss)
 from ..evaluate import eval_images, evaluate
 from ..protocol import CheckpointFor, RobustConfig, build_model, checkpoint_folders, train_config
+from .compare import Built, builder
 from .standard import train_model
 
 #: Bootstrap resamples of the evaluation images behind each derived metric's test variance.
@@ -141,6 +142,43 @@ def derived_metrics(points: dict[str, PointResult], seed: int = 0, boots: int = 
     return metrics, var, warnings
 
 
+def train_mixer(cfg: AdaSmoothConfig, g: nn.Module, h: nn.Module, data: Any, seed: int, folder: Path | None,
+                device: torch.device | str) -> tuple[nn.Module, Any]:
+    """``(adaptive model in eval mode, FitResult)``: the mixing network on frozen ``g`` and
+    ``h``, trained by ``fit`` with only its own parameters updated (checkpointed in
+    ``folder``: a finished one is loaded)."""
+    # seeded here, so that it starts alike whether g and h were loaded or trained
+    torch.manual_seed(seed)
+    mixer = build_mixer(g, h, data.image_size, cfg.mixer.width)
+    ada = mixed_model(g, h, cfg.mixer, mixer=mixer).to(device)
+    batch = min(cfg.batch_size, 2 * DRY_RUN_BATCH) if dry_run() else cfg.batch_size
+    res = fit(ada, data.loader("train", batch, device, seed=seed), data.loader("test", 1000, device),
+              train_config(cfg, optimizer="adamw", desc=f"mixing network · seed {seed}"),
+              loss_fn=mixer_loss(cfg.mixer), params=list(mixer.parameters()), checkpoint_dir=folder)
+    return ada.eval(), res
+
+
+@builder("adasmooth")
+def build_adaptive(cfg: AdaSmoothConfig, data: Any, seed: int, checkpoints: CheckpointFor, device: Any) -> Built:
+    """The adaptive model for the family comparison: g and h from the ``standard`` arm's
+    shared checkpoints (or weight files), the mixing network from the ``adasmooth`` arm's own
+    (trained here if absent). Its cost counts g, h and the mixing network."""
+    if not isinstance(cfg, AdaSmoothConfig):
+        raise ParameterError(f"the adasmooth builder takes an AdaSmoothConfig, got {type(cfg).__name__}")
+    parts = []
+    for base, weights in ((cfg.base_g, cfg.g_weights), (cfg.base_h, cfg.h_weights)):
+        if weights:
+            net, fits, evals, _ = base_network(base, weights, data, seed, None, device)
+        else:
+            net, fits, evals = train_model(base, data, seed, checkpoints, device, own=False)
+        parts.append((net.eval(), fits, evals))
+    (g, fits_g, ge_g), (h, fits_h, ge_h) = parts
+    ada, res = train_mixer(cfg, g, h, data, seed, checkpoints(cfg, seed, of="adasmooth"), device)
+    evals = sum(ge_g) + sum(ge_h) + float(res.train_images * mixer_grad_evals_per_image(cfg.mixer))
+    return Built(ada, True, [*fits_g, *fits_h, res], evals, float(res.history[-1]["test_acc"]),
+                 {"alpha_range": [cfg.mixer.alpha_bias, cfg.mixer.alpha_bias + cfg.mixer.alpha_scale]})
+
+
 @arm("adasmooth", family="robustness", config=AdaSmoothConfig)
 def train_adasmooth(cfg: AdaSmoothConfig, data: Any, seed: int, checkpoint_dir: Path | None = None,
                     device: torch.device | str = "cpu", checkpoints: CheckpointFor | None = None) -> Job:
@@ -178,17 +216,8 @@ def train_adasmooth(cfg: AdaSmoothConfig, data: Any, seed: int, checkpoint_dir: 
                 points[key], fixed_models[key] = r, model
     seconds["sweep"] = time.perf_counter() - t0
 
-    # the mixing network: seeded here, so that it starts alike whether g and h were loaded or trained
     t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    mixer = build_mixer(g, h, data.image_size, cfg.mixer.width)
-    ada = mixed_model(g, h, cfg.mixer, mixer=mixer).to(device)
-    batch = min(cfg.batch_size, 2 * DRY_RUN_BATCH) if dry else cfg.batch_size
-    res = fit(ada, data.loader("train", batch, device, seed=seed), data.loader("test", 1000, device),
-              train_config(cfg, optimizer="adamw", desc=f"mixing network · seed {seed}"),
-              loss_fn=mixer_loss(cfg.mixer), params=list(mixer.parameters()),
-              checkpoint_dir=checkpoints(cfg, seed, own=True))
-    ada.eval()
+    ada, res = train_mixer(cfg, g, h, data, seed, checkpoints(cfg, seed, own=True), device)
     seconds["mixer"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

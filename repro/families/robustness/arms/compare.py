@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ....arms import arm
+from ....arms import arm, load_family
 from ....errors import ParameterError
 from ....sweep import Job
 from ..attacks import ATTACKS
@@ -98,6 +98,7 @@ class CompareConfig(RobustConfig):
 def compared(source: str, cfg: RobustConfig, ev: EvalConfig, title: str, eot_samples: int = 8
              ) -> tuple[str, CompareConfig]:
     """``("compare", config)`` for the model ``source`` builds from ``cfg``, evaluated by ``ev``."""
+    load_family("robustness")  # every arm module registers its builders on import
     if source not in BUILDERS:
         raise ParameterError(f"no model builder {source!r}; builders: {', '.join(sorted(BUILDERS))}")
     kw = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(RobustConfig)
