@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Callable
@@ -489,6 +489,38 @@ def robust_correct(model: nn.Module, images01: torch.Tensor, labels: torch.Tenso
     for x, adv, y in _batches(model, images01, labels, spec, batch_size):
         out.append(((_predict(model, x) == y) & (_predict(model, adv) == y)).cpu())
     return torch.cat(out)
+
+
+def transfer_correct(source: nn.Module, targets: Mapping[str, nn.Module], images01: torch.Tensor,
+                     labels: torch.Tensor, spec: AttackSpec, batch_size: int = 256
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+    """``(clean, robust, adversarial)`` of an attack crafted on ``source`` and read by
+    ``targets``: per target, bool [N] — is each clean image classified correctly, and does it
+    stay correct, clean and under the attack; and the adversarial images (on the images'
+    device, for the sanity checks' transfer sets).
+
+    The attack only sees ``source`` (say, one head of a multi-head network); every target
+    (other heads, an ensemble of them, ``source`` itself) classifies the clean and the
+    adversarial images. An image counts as robust for a target as in :func:`robust_correct`:
+    correct on both (the same clean prediction as in ``clean``, so robust ≤ clean also for a
+    stochastic target). Each target must be in eval mode and take [0, 1] images. A dry run
+    attacks one batch.
+    """
+    if not targets:
+        raise ParameterError("transfer_correct needs at least one target")
+    for target in targets.values():
+        check_model(target)
+    clean: dict[str, list[torch.Tensor]] = {name: [] for name in targets}
+    robust: dict[str, list[torch.Tensor]] = {name: [] for name in targets}
+    advs = []
+    for x, adv, y in _batches(source, images01, labels, spec, batch_size):
+        for name, target in targets.items():
+            ok = _predict(target, x) == y
+            clean[name].append(ok.cpu())
+            robust[name].append((ok & (_predict(target, adv) == y)).cpu())
+        advs.append(adv.to(images01.device))
+    return ({k: torch.cat(v) for k, v in clean.items()}, {k: torch.cat(v) for k, v in robust.items()},
+            torch.cat(advs))
 
 
 def _percent(correct: torch.Tensor) -> float:
