@@ -693,3 +693,10 @@ def guards(result: SweepResult, claims: Sequence[Any]) -> list[tuple[str, str]]:
         if reasons:
             out.append((c.key, "; ".join(reasons)))
     return out
+
+
+def comparison_models(params: Mapping[str, Any]) -> dict[str, tuple[str, RobustConfig]]:
+    """The chapter's CrossMax model for the family comparison (chapter 46), as ``label →
+    (builder, config)``, with the config trained here, so the comparison loads it from the
+    shared checkpoints (and attacks it with EOT: it is stochastic)."""
+    return {"crossmax": ("crossmax", arm_configs(params)["crossmax"][1])}

@@ -45,6 +45,7 @@ MODELS: dict[str, tuple[str, str]] = {
     "advft": ("advft", "adversarial fine-tuning (40)"),
     "fgsm_at": ("adasmooth", "FGSM-AT, fast (03's h)"),
     "adasmooth": ("adasmooth", "adaptive smoothing (03)"),
+    "crossmax": ("crossmax", "multi-resolution CrossMax (25)"),
 }
 DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataConfig))
 

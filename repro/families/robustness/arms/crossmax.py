@@ -47,6 +47,7 @@ import torch
 import torch.nn as nn
 
 from ....arms import arm
+from ....errors import ParameterError
 from ....sweep import Job
 from ....train import TrainConfig, dry_run, fit, predict
 from ..attacks import AttackSpec, PixelModel, clean_correct, robust_correct, transfer_correct
@@ -54,6 +55,7 @@ from ..crossmax import KINDS, CrossMaxConfig, CrossMaxNet, build_crossmax, cross
 from ..evaluate import eval_images
 from ..sanity import run_sanity_checks
 from ..protocol import CheckpointFor, build_model, checkpoint_folders, train_config
+from .compare import Built, builder
 from .standard import train_model
 
 
@@ -215,6 +217,23 @@ def train_stages(cfg: CrossMaxConfig, data: Any, seed: int, checkpoints: Checkpo
     res2 = fit(model, train, test, heads_cfg, loss_fn=heads_loss, params=model.heads.parameters(),
                checkpoint_dir=folder / "heads" if folder is not None else None)
     return model, [res1, res2]
+
+
+@builder("crossmax")
+def build_crossmax_model(cfg: CrossMaxConfig, data: Any, seed: int, checkpoints: CheckpointFor, device: Any) -> Built:
+    """The CrossMax model (multi-resolution network, heads, CrossMax; stochastic) for the
+    family comparison, from the ``crossmax`` arm's own checkpoints (trained here if absent)."""
+    if not isinstance(cfg, CrossMaxConfig) or not cfg.multires:
+        raise ParameterError("the crossmax builder takes the chapter's multi-resolution CrossMaxConfig")
+
+    def theirs(c: Any, s: int, own: bool = False, of: str = "") -> Path | None:
+        return checkpoints(c, s, of="crossmax") if own else checkpoints(c, s, own, of)
+    model, fits = train_stages(cfg, data, seed, theirs, device)
+    model.eval()
+    z, y_all = predict(_Members(model), data.loader("test", 1000, device))
+    top1 = _pct(crossmax(z, model.k).argmax(1) == y_all)
+    return Built(model.view("crossmax").eval(), True, fits, float(fits[0].train_images + fits[1].train_images), top1,
+                 {"members": list(model.members), "k": model.k})
 
 
 def _crossmax(cfg: CrossMaxConfig, data: Any, seed: int, checkpoints: CheckpointFor,
