@@ -314,6 +314,107 @@ def test_adversarial_fit_is_deterministic_and_runs_under_bf16(monkeypatch):
     assert low.final["train_loss"] == pytest.approx(a.final["train_loss"], abs=0.05)
 
 
+# -- L2 adversarial training (chapter 12) ----------------------------------------------------
+
+
+def _l2(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1)
+
+
+def test_l2_config_checks_and_record():
+    cfg = AdvTrainConfig("pgd", norm="L2", eps=0.5, steps=10, step_size=0.1)
+    rec = cfg.as_record()
+    assert rec["norm"] == "L2" and rec["eps"] == 0.5 and rec["eps_255"] is None and rec["step_size"] == 0.1
+    assert "N(0, I)" in rec["random_start"]
+    assert AdvTrainConfig("pgd", norm="L2", eps=0.5).effective_step_size() == pytest.approx(0.125)   # ε/4
+    assert AdvTrainConfig().as_record()["norm"] == "Linf"          # the default threat model is unchanged
+    assert AdvTrainConfig(norm="L2", eps=2.0).eps == 2.0          # an L2 radius may exceed 1
+    for kw in (dict(norm="L1"), dict(norm="L2", eps=-0.1), dict(norm="L2", eps=float("inf")), dict(norm="Linf", eps=2.0)):
+        with pytest.raises(ParameterError):
+            AdvTrainConfig(**kw)
+
+
+@pytest.mark.parametrize("method", ["pgd", "fgsm_rs", "trades"])
+def test_l2_adversarial_batch_stays_in_the_l2_ball_and_in_0_1(method):
+    eps = 0.5
+    x01 = pixels(8, 11)
+    x01[:, :, 0, 0] = 0.0   # pixels at the box's edges: the clamp to [0, 1] must act
+    x01[:, :, 1, 1] = 1.0
+    x, y = normalise(x01), torch.arange(8) % 3
+    model = bn_cnn().train()
+    torch.manual_seed(0)
+    cfg = AdvTrainConfig(method, norm="L2", eps=eps, steps=None if method == "fgsm_rs" else 6, step_size=0.3)
+    x_adv, delta = perturb(model, x, y, cfg)
+    a, b = to_pixels(x), to_pixels(x_adv)
+    assert float(_l2(b - a).max()) <= eps + 1e-5
+    assert float(b.min()) >= -1e-6 and float(b.max()) <= 1 + 1e-6
+    assert float(_l2(delta).max()) <= eps + 1e-5 and float(_l2(delta).max()) > eps / 2   # it did move
+    assert float(delta.abs().max()) > 0.06   # an L2 step is not a sign step: some pixels move further
+
+
+def test_l2_random_start_is_a_gaussian_direction_with_radius_eps_times_uniform():
+    x01 = pixels(256, 12, lo=0.3, hi=0.7)   # away from 0 and 1: no box clamp at ε = 0.1
+    cfg = AdvTrainConfig("pgd", norm="L2", eps=0.1)
+    torch.manual_seed(4)
+    d = random_start(x01, cfg)
+    r = _l2(d)
+    assert float(r.max()) <= 0.1 + 1e-6 and float(r.min()) < 0.02 and float(r.max()) > 0.09
+    assert abs(float(r.mean()) - 0.05) < 0.01    # E[ε·U] = ε/2
+    torch.manual_seed(4)                         # by hand: N(0, I) · U / ‖N‖ · ε
+    g = torch.empty_like(x01).normal_()
+    u = torch.zeros(256, 1, 1, 1).uniform_(0, 1)
+    assert torch.allclose(d, g * u / _l2(g).view(-1, 1, 1, 1) * 0.1, atol=1e-6)
+
+
+def test_l2_pgd_on_a_linear_model_reaches_the_gradient_direction_and_raises_the_loss_by_hand():
+    """The input gradient of the linear model points along d = (w_other − w_y)/σ everywhere, so
+    L2 PGD ends at δ = ε·d/‖d‖₂ and the margin grows by ε·‖d‖₂ (L∞: by ε·‖d‖₁)."""
+    eps = 0.3
+    x01 = pixels(6, 13, size=2, lo=0.35, hi=0.65)   # ε·max|d̂| < 0.35: no box clamp
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    x = normalise(x01)
+    model = linear2()
+    w = model[1].weight.detach().double()
+    sd = S.double().expand(1, 3, 2, 2).flatten()
+    cfg = AdvTrainConfig("pgd", norm="L2", eps=eps, steps=40, step_size=eps / 2)   # off-axis part × ≤ 2/3 per step
+    torch.manual_seed(0)
+    x_adv, delta = perturb(model, x, y, cfg)
+    dirs = torch.stack([(w[1 - k] - w[k]) / sd for k in y.tolist()])
+    target = (eps * dirs / dirs.norm(dim=1, keepdim=True)).float().view(6, 3, 2, 2)
+    assert torch.allclose(delta, target, atol=1e-5)
+    xd = x.double().flatten(1)
+    margins = torch.stack([(w[1 - k] - w[k]) @ xd[i] for i, k in enumerate(y.tolist())])
+    adv = F.softplus(margins + eps * dirs.norm(dim=1)).mean().item()
+    torch.manual_seed(0)
+    loss, _ = adversarial_loss(cfg)(model, x, y)
+    assert loss.item() == pytest.approx(adv, rel=1e-5)
+    assert loss.item() > F.cross_entropy(model(x), y).item()
+
+
+def test_l2_pgd_is_the_same_attack_as_torchattacks_pgdl2():
+    import torchattacks
+
+    from repro.families.robustness.attacks import PixelModel
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(6, 4)).eval()
+    x01, y = pixels(16, 14), torch.arange(16) % 4
+    cfg = AdvTrainConfig("pgd", norm="L2", eps=0.5, steps=5, step_size=0.15, craft_mode="eval")
+    torch.manual_seed(3)
+    ours, _ = perturb(net, normalise(x01), y, cfg)
+    torch.manual_seed(3)
+    theirs = torchattacks.PGDL2(PixelModel(net).eval(), eps=0.5, alpha=0.15, steps=5, random_start=True)(x01, y)
+    assert float((to_pixels(ours) - theirs).abs().max()) <= 1e-5
+
+
+def test_l2_adversarial_training_in_fit_counts_attack_gradients():
+    grads = WORK["attack_grads"]
+    res = _fit(AdvTrainConfig("pgd", norm="L2", eps=0.5, steps=2))
+    assert res.steps == 3 and WORK["attack_grads"] - grads == 6
+    assert math.isfinite(res.final["train_loss"]) and res.model.training
+
+
 # -- figures ----------------------------------------------------------------------------------
 
 

@@ -16,6 +16,14 @@ Methods (:class:`AdvTrainConfig`, ``method``):
 Every δ is projected onto the ε-ball and onto [0, 1] pixels after each step (and at the start:
 TRADES' 0.001·N(0, 1) start is clipped to the ball too, which only matters for ε < ~0.003).
 
+**Norms** (``norm``): "Linf" (the default, everything above) or "L2" (chapter 12's L2
+adversarial training, ε = 0.5 on CIFAR). Under L2 each step moves δ by α along the input
+gradient divided by its per-image L2 norm (instead of α·sign), δ is projected onto the L2 ball
+by rescaling, δ·min(1, ε/‖δ‖₂), and then onto the [0, 1] box by clamping (which only
+shortens δ, so ‖δ‖₂ ≤ ε still holds); the random start is torchattacks ``PGDL2``'s: a
+Gaussian direction with radius ε·U(0, 1) per image. Defaults (steps, α = ε/4 for PGD and
+TRADES, 1.25·ε for FGSM-RS) follow the same rules as under L∞; an L2 ε is any radius ≥ 0.
+
 **Pixels and precision.** ``fit`` hands the loss a normalised batch ``x`` (``repro.data``'s
 MEAN/STD). The attack works in [0, 1] pixel space — ``x01 = clamp(x·σ + μ, 0, 1)``, ε measured
 there — but the adversarial batch is re-normalised as ``x + δ/σ`` rather than by a round trip
@@ -77,6 +85,9 @@ from ...errors import ParameterError
 from ...train import WORK, LossFn
 
 METHODS = ("pgd", "fgsm_rs", "trades", "none")
+NORMS = ("Linf", "L2")
+#: Added to per-image gradient norms before dividing (torchattacks' ``eps_for_division``).
+L2_DIVISION_EPS = 1e-10
 CRAFT_MODES = ("train", "eval")
 
 #: The mode each method crafts in by default: what its reference code does (module docstring).
@@ -91,8 +102,9 @@ TRADES_START_STD = 0.001
 class AdvTrainConfig:
     """One adversarial-training recipe.
 
-    method: "pgd" | "fgsm_rs" | "trades" | "none"; eps: the L∞ radius in [0, 1] pixel units
-    (8/255, not 8); step_size: α, or None for the method's default (PGD and TRADES: ε/4, i.e.
+    method: "pgd" | "fgsm_rs" | "trades" | "none"; norm: "Linf" | "L2" (the threat model;
+    module docstring); eps: the radius in [0, 1] pixel units — under L∞ in [0, 1] (8/255, not
+    8), under L2 any radius ≥ 0 (0.5 on CIFAR); step_size: α, or None for the method's default (PGD and TRADES: ε/4, i.e.
     2/255 at 8/255; FGSM-RS: 1.25·ε); steps: attack steps, or None for the method's default
     (PGD and TRADES: 10; FGSM-RS: exactly 1); trades_beta: TRADES' β (6 by default; ignored by
     the other methods); craft_mode: "train" | "eval" | None (the method's reference choice:
@@ -105,13 +117,18 @@ class AdvTrainConfig:
     steps: int | None = None
     trades_beta: float = 6.0
     craft_mode: str | None = None
+    norm: str = "Linf"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ParameterError(f"unknown adversarial-training method {self.method!r}: one of {', '.join(METHODS)}")
+        if self.norm not in NORMS:
+            raise ParameterError(f"unknown norm {self.norm!r}: one of {', '.join(NORMS)}")
         eps = self.eps
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 <= eps <= 1:
-            raise ParameterError(f"eps must be a number in [0, 1] pixel units (8/255, not 8), got {eps!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+            raise ParameterError(f"eps must be a finite number ≥ 0 in [0, 1] pixel units, got {eps!r}")
+        if self.norm == "Linf" and eps > 1:
+            raise ParameterError(f"a Linf eps must be in [0, 1] pixel units (8/255, not 8), got {eps!r}")
         if self.steps is not None:
             if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
                 raise ParameterError(f"steps must be an integer ≥ 1 (or None for the method's default), "
@@ -148,9 +165,11 @@ class AdvTrainConfig:
 
     def as_record(self) -> dict[str, Any]:
         """Every setting, as given and as run, for a run's record."""
-        start = {"pgd": "uniform in [-eps, eps]", "fgsm_rs": "uniform in [-eps, eps]",
-                 "trades": f"{TRADES_START_STD} * N(0, 1)", "none": None}[self.method]
-        return {"method": self.method, "norm": "Linf", "eps": float(self.eps), "eps_255": float(self.eps) * 255,
+        uniform = "uniform in [-eps, eps]" if self.norm == "Linf" else "N(0, I) direction, L2 radius eps * U(0, 1)"
+        start = {"pgd": uniform, "fgsm_rs": uniform, "trades": f"{TRADES_START_STD} * N(0, 1)",
+                 "none": None}[self.method]
+        return {"method": self.method, "norm": self.norm, "eps": float(self.eps),
+                "eps_255": float(self.eps) * 255 if self.norm == "Linf" else None,
                 "steps": self.effective_steps(), "step_size": self.effective_step_size(),
                 "trades_beta": float(self.trades_beta) if self.method == "trades" else None,
                 "craft_mode": self.effective_craft_mode(), "random_start": start,
@@ -178,23 +197,44 @@ def to_pixels(x: torch.Tensor, mean: Sequence[float] = MEAN, std: Sequence[float
     return x.detach().float() * s + m
 
 
-def _project(delta: torch.Tensor, x01: torch.Tensor, eps: float) -> torch.Tensor:
-    """δ clipped to the L∞ ε-ball, then to the box x01 + δ ∈ [0, 1]."""
-    delta = delta.clamp(-eps, eps)
+def _l2_norms(t: torch.Tensor) -> torch.Tensor:
+    """Per-image L2 norms of ``t`` [N, ...], shaped [N, 1, 1, 1] to broadcast."""
+    return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def _project(delta: torch.Tensor, x01: torch.Tensor, eps: float, norm: str = "Linf") -> torch.Tensor:
+    """δ projected onto the ε-ball of ``norm`` (L∞: clipped; L2: rescaled by
+    min(1, ε/‖δ‖₂) per image), then onto the box x01 + δ ∈ [0, 1]."""
+    if norm == "L2":
+        delta = delta * torch.clamp(eps / _l2_norms(delta).clamp_min(1e-12), max=1.0)
+    else:
+        delta = delta.clamp(-eps, eps)
     return (x01 + delta).clamp(0.0, 1.0) - x01
+
+
+def _ascent_step(grad: torch.Tensor, alpha: float, norm: str) -> torch.Tensor:
+    """The step of one attack iteration: α·sign(∇) under L∞, α·∇/‖∇‖₂ per image under L2."""
+    if norm == "L2":
+        return alpha * grad / (_l2_norms(grad) + L2_DIVISION_EPS)
+    return alpha * grad.sign()
 
 
 def random_start(x01: torch.Tensor, cfg: AdvTrainConfig) -> torch.Tensor:
     """The method's starting δ for pixels ``x01`` (fp32, from torch's global RNG), already
-    inside the ε-ball and the [0, 1] box: uniform in [−ε, ε] (PGD, FGSM-RS) or 0.001·N(0, 1)
-    (TRADES)."""
+    inside the ε-ball and the [0, 1] box: uniform in [−ε, ε] (PGD, FGSM-RS under L∞), a
+    Gaussian direction with L2 radius ε·U(0, 1) (PGD, FGSM-RS under L2, as torchattacks'
+    ``PGDL2``), or 0.001·N(0, 1) (TRADES)."""
     eps = float(cfg.eps)
     x01 = x01.float()
     if cfg.method == "trades":
         delta = torch.randn_like(x01) * TRADES_START_STD
+    elif cfg.norm == "L2":
+        delta = torch.empty_like(x01).normal_()
+        r = torch.zeros(len(x01), 1, 1, 1, dtype=x01.dtype, device=x01.device).uniform_(0, 1)
+        delta = delta * r / _l2_norms(delta).clamp_min(1e-12) * eps
     else:
         delta = torch.empty_like(x01).uniform_(-eps, eps)
-    return _project(delta, x01, eps)
+    return _project(delta, x01, eps, cfg.norm)
 
 
 @contextlib.contextmanager
@@ -226,7 +266,8 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AdvTrainCon
             mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> tuple[torch.Tensor, torch.Tensor]:
     """Craft the adversarial batch of ``cfg`` for the normalised batch ``x`` (labels ``y``;
     TRADES ignores them). Returns ``(x_adv, delta)``: ``x_adv = x + δ/σ`` normalised, and δ in
-    [0, 1] pixel units, both fp32 and detached, ‖δ‖∞ ≤ ε and ``to_pixels(x_adv)`` in [0, 1].
+    [0, 1] pixel units, both fp32 and detached, ‖δ‖ ≤ ε in ``cfg.norm`` and
+    ``to_pixels(x_adv)`` in [0, 1].
 
     The model runs in ``cfg``'s crafting mode (restored afterwards) and under whatever autocast
     the caller set; adds one to ``WORK["attack_grads"]`` per attack step.
@@ -250,7 +291,7 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AdvTrainCon
             else:
                 loss = F.cross_entropy(out, y, reduction="sum")
             (grad,) = torch.autograd.grad(loss, delta)
-            delta = _project(delta.detach() + alpha * grad.sign(), x01, eps)
+            delta = _project(delta.detach() + _ascent_step(grad, alpha, cfg.norm), x01, eps, cfg.norm)
             WORK["attack_grads"] += 1
     return x + delta / s, delta
 
