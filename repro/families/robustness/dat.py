@@ -39,7 +39,7 @@ from .arms import dat as _dat  # noqa: F401  (registers the "dat" arm)
 from .arms.dat import DatConfig, EbmConfig, GenConfig, _forward, check_starts, dry_gen, eval_starts, generate
 from .attacks import AttackSpec
 from .evaluate import EvalConfig
-from .protocol import adv_config, robust_config
+from .protocol import RobustConfig, adv_config, robust_config
 
 #: Arm labels in training order, and their display names.
 TITLES = {"standard": "standard training", "at": "L2 AT (stage 1)", "dat": "AT → DAT (BN frozen)",
@@ -439,3 +439,9 @@ def energy_histograms(models: Mapping[str, torch.nn.Module], data: Any, gen: Gen
         axes[i // ncols][i % ncols].set_visible(False)
     annotate_setting(fig, setting)
     return fig, jsonable({"arms": out, "n": n, "steps": gen.steps, "setting": setting})
+
+
+def comparison_models(params: Mapping[str, Any]) -> dict[str, tuple[str, RobustConfig]]:
+    """The chapter's AT → DAT network (BN frozen) for the family comparison (chapter 46), as
+    ``label → (builder, config)``, with the config trained here (shared checkpoints)."""
+    return {"dat": ("dat", arm_configs(params)["dat"][1])}

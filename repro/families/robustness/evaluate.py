@@ -190,6 +190,9 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: 
         raise ParameterError(f"evaluate takes an EvalConfig, got {type(cfg).__name__}")
     cfg.check()
     check_model(model)
+    # torchattacks' L2 attacks .view() the input gradient, which a channels_last model (fit's
+    # layout on CUDA and in bf16) hands back strided: training is over, so the layout can go
+    model.to(memory_format=torch.contiguous_format)
     x, y, idx = eval_images(images, labels, cfg.images, cfg.seed)
     net = PixelModel(model, mean, std).eval() if normalised else model
     check_model(net)

@@ -299,6 +299,6 @@ def checkpoint_folders(run: Any, fingerprint: str, job_dir: Path | None, arm: st
             return shared_checkpoint_dir(run, key, cfg, fingerprint, seed)
         if own and not of:
             return job_dir
-        digest = hashlib.sha256(json.dumps([key, cfg.recipe()], sort_keys=True, default=str).encode()).hexdigest()[:12]
-        return job_dir / f"{key}-{cfg.model}-{digest}"
+        digest = hashlib.sha256(json.dumps([key, cfg.recipe(), seed], sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return job_dir / f"{key}-{cfg.model}-s{seed}-{digest}"
     return where

@@ -77,6 +77,7 @@ from ....train import WORK, fit
 from ..evaluate import evaluate
 from ..protocol import CheckpointFor, RobustConfig, checkpoint_folders, train_config
 from ..training import AdvTrainConfig, adversarial_loss, crafting_mode, gradient_evals_per_step, perturb
+from .compare import Built, builder
 from .standard import train_model
 
 SAMPLING = ("class", "logsumexp")
@@ -614,17 +615,14 @@ def train_dat(cfg: DatConfig, data: Any, seed: int, checkpoint_dir: Path | None 
         extra["curriculum"] = {**update.log, "window_batches": update.window.maxlen,
                                "steps_per_epoch": fits[-1].steps // max(1, len(fits[-1].history))}
     test_var: dict[str, float] = {}
-    # Trained weights may be channels_last (CUDA's memory format, or what the CPU's conv
-    # backward leaves), and then input gradients are too; torchattacks' PGDL2 calls .view on
-    # them and fails. The standard layout changes no number.
-    model = model.to(memory_format=torch.contiguous_format).eval()
+    model.eval()  # the family's evaluate() puts it in the standard memory layout (torchattacks' L2 needs it)
     if cfg.eval is not None:
         ev = evaluate(model, data.x_test, data.y_test, cfg.eval)
         metrics.update(ev.metrics())
         test_var.update(ev.test_var())
         extra["robustness"] = ev.as_record()
     if cfg.gen is not None:
-        judge, _, _ = train_model(cfg.judge, data, seed + cfg.gen.judge_offset, _per_seed(checkpoints), device,
+        judge, _, _ = train_model(cfg.judge, data, seed + cfg.gen.judge_offset, checkpoints, device,
                                   own=False)
         judge.eval()
         gm, gv, grec = generation_eval(model, judge, data, cfg.gen, device)
@@ -635,16 +633,17 @@ def train_dat(cfg: DatConfig, data: Any, seed: int, checkpoint_dir: Path | None 
     return Job.from_fits(fits, metrics, n_test=len(data.y_test), extra=extra, model=model, test_var=test_var)
 
 
-def _per_seed(checkpoints: CheckpointFor) -> CheckpointFor:
-    """``checkpoints`` with a ``seed<k>`` sub-folder wherever its folder does not depend on the
-    seed (the sweep's per-job folders, without a run): the judge shares the standard
-    network's recipe at another seed and must not load that network's checkpoint."""
-    def where(cfg: RobustConfig, seed: int, own: bool = False) -> Path | None:
-        folder = checkpoints(cfg, seed, own)
-        if folder is not None and folder == checkpoints(cfg, seed + 1, own):
-            folder = folder / f"seed{seed}"
-        return folder
-    return where
+@builder("dat")
+def build_dat(cfg: DatConfig, data: Any, seed: int, checkpoints: CheckpointFor, device: Any) -> Built:
+    """The AT → DAT network for the family comparison, from the ``dat`` arm's own checkpoints
+    (stage 1 from the ``standard`` arm's; trained here if absent)."""
+    if not isinstance(cfg, DatConfig):
+        raise ParameterError(f"the dat builder takes a DatConfig, got {type(cfg).__name__}")
+
+    def theirs(c: Any, s: int, own: bool = False, of: str = "") -> Path | None:
+        return checkpoints(c, s, of="dat") if own else checkpoints(c, s, own, of)
+    model, fits, evals, _ = train_dat_model(cfg, data, seed, theirs, device)
+    return Built(model.eval(), True, fits, float(sum(evals)), float(fits[-1].history[-1]["test_acc"]))
 
 
 def judge_top1(judge: nn.Module, data: Any, device: torch.device | str) -> float:
