@@ -1,4 +1,4 @@
-"""Robustness: chapters 03 adasmooth, 12 dat, 21 cuda, 25 crossmax, 32 pubdef and 40 advft —
+"""Robustness: chapters 03 adasmooth, 12 dat, 21 cuda, 25 crossmax, 32 pubdef, 40 advft and 46 robcompare —
 one attack suite and one evaluation for every claim about adversarial robustness.
 
 Parts:
@@ -31,12 +31,17 @@ Parts:
   ``repro.sweep``, which checks every setting (ε, attacks, norms) before any job starts;
 * ``evaluate``: clean and robust accuracy of a trained model on the fixed evaluation subset
   under every attack of the config, with the sanity checks and their flags;
-* ``arms/standard.py``: the one arm (train, plainly or adversarially, then evaluate);
-* ``cuda``: chapter 21 (class-wise convolution poison, ``repro.data.poison``).
-
-To come with the other chapters: L2 adversarial training and a BatchNorm that stays frozen
-through ``fit`` (12), fine-tuning from a trained model and a piecewise-linear learning-rate
-schedule (40), transfer sets in the evaluation (32), wrappers for stochastic or mixed models
-with EOT (03, 25), robust accuracy per epoch, and checkpoints shared across chapters (the
-comparison chapter).
+* ``tables``: the tables, robustness curves and guards every chapter reads from a sweep
+  (robust accuracy per attack and per ε, the sanity report, a failed check or an adversarial
+  training that did not harden the model as a flag);
+* ``arms/standard.py``: the family's main arm (train, plainly or adversarially, from scratch or
+  fine-tuning a shared model, then evaluate); the checkpoints of every model go to the
+  family's shared folders (``protocol.checkpoint_folders``), so a model two chapters ask for is
+  trained once; ``arms/compare.py``: the comparison chapter's arm, which builds any chapter's
+  model with that chapter's registered builder and evaluates it;
+* chapters: ``adasmooth`` (03, mixing a standard and a robust network), ``dat`` (12, dual
+  adversarial training, with L2 adversarial training in ``training``), ``cuda`` (21,
+  class-wise convolution poison, ``repro.data.poison``), ``crossmax`` (25, multi-resolution
+  self-ensemble), ``pubdef`` (32, training against transfer attacks, ``transfer``), ``advft``
+  (40, adversarial fine-tuning) and ``robcompare`` (46, every model under one evaluation).
 """
