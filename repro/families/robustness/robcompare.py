@@ -90,6 +90,9 @@ def arm_configs(params: Mapping[str, Any], explicit: Mapping[str, Any] | None = 
     names = check_choices(list(params["models"]), MODELS, "model")
     if "standard" not in names:
         raise ParameterError(f"models {names} lack 'standard', the reference of every claim")
+    needed = sorted({a for c in load_spec("robcompare").claims for a in (c.arm, c.baseline) if a} - set(names))
+    if needed:
+        raise ParameterError(f"models {names} lack {needed}, which the chapter's claims compare")
     ev = eval_config(params)
     explicit = dict(explicit or {})
     ours = {k: params[k] for k in DATA_FIELDS}
