@@ -531,3 +531,30 @@ def test_the_zoo_is_trained_or_loaded_once_per_process(tmp_path):
     # without a checkpoint folder nothing is kept: a new network each time
     other = transfer.train_zoo(src, _dataset(), None)
     assert other["s1"].model is not first["s1"].model
+
+
+def test_the_comparison_loads_pubdefs_own_model(tmp_path):
+    """Chapter 46's ``pubdef`` builder finds the fine-tuned target the arm left in its own
+    folder (the builder's own folder stays empty) and counts the pre-computed attacks in its
+    cost; the chapter offers that very config."""
+    from repro.families.robustness.arms.compare import BUILDERS
+    base = dict(model="cnn3", width=4, epochs=1, batch_size=32, lr=0.05)
+    seen = (Source("s1", RobustConfig(**base), 101),)
+    d = PubDefTraining(seen, AttackSpec("pgd", steps=2), batch_size=32)
+    cfg = PubDefConfig(**base, init=RobustConfig(**base), defence=d)
+
+    def folders(arm):
+        def where(c, seed, own=False, of=""):
+            name = arm if own else (of or "standard")
+            return tmp_path / f"{name}-{abs(hash(str(c.recipe()))) % 10**8}-{seed}"
+        return where
+    data = _dataset()
+    job = train_pubdef(cfg, data, 0, checkpoints=folders("pubdef"))
+    built = BUILDERS["pubdef"](cfg, data, 0, folders("compare"), "cpu")
+    assert not list(tmp_path.glob("compare-*"))
+    for a, b in zip(job.model.state_dict().values(), built.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert built.grad_evals == job.metrics["grad_evals"] + job.metrics["grad_evals_precompute"]
+    assert built.info["zoo_not_counted"] == ["s1"] and not built.model.training
+    offered = pubdef.comparison_models(load_spec("pubdef").resolve("cpu"))
+    assert offered == {"pubdef": ("pubdef", pubdef.arm_configs(load_spec("pubdef").resolve("cpu"))["pubdef"][1])}

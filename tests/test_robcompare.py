@@ -26,7 +26,7 @@ def test_every_model_comes_from_its_chapter_with_one_evaluation():
     assert len(evals) == 1  # one evaluation for every model
     ev = evals.pop()
     assert [s.key for s in ev.attacks] == ["pgd", "apgd_ce", "apgd_t", "pgd_4", "pgd_16"]
-    assert ev.images == 500 and ev.white_box().key == "pgd"
+    assert ev.images == 250 and ev.white_box().key == "pgd"
     assert all(name == "compare" for name, _ in arms.values())
     # the standard model is chapter 40's pre-trained network, with its very recipe
     from repro.families.robustness import advft

@@ -141,6 +141,13 @@ def arm_configs(params: Mapping[str, Any]) -> dict[str, tuple[str, PubDefConfig]
     }
 
 
+def comparison_models(params: Mapping[str, Any]) -> dict[str, tuple[str, RobustConfig]]:
+    """The chapter's PubDef target for the family comparison (chapter 46), as ``label →
+    (builder, config)``, with the config trained here, so the comparison loads it from the
+    shared checkpoints."""
+    return {"pubdef": ("pubdef", arm_configs(params)["pubdef"][1])}
+
+
 # -- results ------------------------------------------------------------------------------------------------
 def _title(result: SweepResult, arm: str) -> str:
     jobs = result.of(arm)

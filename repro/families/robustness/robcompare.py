@@ -46,6 +46,7 @@ MODELS: dict[str, tuple[str, str]] = {
     "fgsm_at": ("adasmooth", "FGSM-AT, fast (03's h)"),
     "adasmooth": ("adasmooth", "adaptive smoothing (03)"),
     "crossmax": ("crossmax", "multi-resolution CrossMax (25)"),
+    "pubdef": ("pubdef", "PubDef fine-tuning (32)"),
     "dat": ("dat", "L2 AT → DAT (12)"),
 }
 DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataConfig))

@@ -54,6 +54,7 @@ from ..evaluate import evaluate
 from ..protocol import CheckpointFor, RobustConfig, build_model, checkpoint_folders, train_config
 from ..transfer import Source, TransferConfig, ZooModel, cached, craft, evaluate_transfer, source_folder, \
     train_zoo, transfer_sets
+from .compare import Built, builder
 from .standard import train_model
 
 MODES = ("mix", "stack")
@@ -366,3 +367,21 @@ def train_pubdef(cfg: PubDefConfig, data: Any, seed: int, checkpoint_dir: Path |
         extra["zoo"] = {name: {**z.record(), "clean_subset": sets.source_clean.get(name),
                                "own_attack_acc": sets.self_acc.get(name)} for name, z in zoo.items()}
     return Job.from_fits(fits, metrics, n_test=len(data.y_test), extra=extra, model=model, test_var=test_var)
+
+
+@builder("pubdef")
+def build_pubdef(cfg: PubDefConfig, data: Any, seed: int, checkpoints: CheckpointFor, device: Any) -> Built:
+    """PubDef's fine-tuned target for the family comparison, from the ``pubdef`` arm's own
+    checkpoints (its start, zoo and pre-computed sets from the shared folders; trained here if
+    absent). Its cost is the start's training, the fine-tuning and the pre-computed attacks on
+    the training sources; the zoo stands for public models and is not counted (``info``)."""
+    if not isinstance(cfg, PubDefConfig) or cfg.defence is None:
+        raise ParameterError("the pubdef builder takes the chapter's PubDefConfig with a defence")
+
+    def theirs(c: Any, s: int, own: bool = False, of: str = "") -> Path | None:
+        return checkpoints(c, s, of="pubdef") if own else checkpoints(c, s, own, of)
+    zoo = train_zoo(_zoo_sources(cfg), data, theirs, device)
+    model, fits, grad_evals, info = _train_defended(cfg, data, seed, zoo, theirs, device)
+    info = {**info, "zoo_not_counted": sorted(zoo)}
+    return Built(model.eval(), True, fits, float(sum(grad_evals)) + float(info["grad_evals_precompute"]),
+                 float(fits[-1].history[-1]["test_acc"]), info)
