@@ -6,6 +6,9 @@ An interrupt is not an error: :class:`Interrupted` is a ``KeyboardInterrupt`` (s
 """
 from __future__ import annotations
 
+import math
+from typing import Any
+
 
 class ReproError(Exception):
     """Base of the errors a user can fix."""
@@ -26,6 +29,20 @@ def check_choices(names, known, what: str) -> list[str]:
     if bad:
         raise ParameterError(f"unknown {what}(s) {', '.join(map(repr, bad))}; {what}s: {', '.join(known)}")
     return list(names)
+
+
+def check_number(name: str, value: Any, lo: float, hi: float = math.inf, lo_open: bool = False,
+                 integer: bool = False) -> float:
+    """``value`` as a float when it is a finite number (an int if ``integer``; never a bool) in
+    [lo, hi] (``lo_open``: (lo, hi]); otherwise a ParameterError that names ``name`` and the range."""
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float)) \
+        and math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        side = f"> {lo:g}" if lo_open else f"≥ {lo:g}"
+        raise ParameterError(f"{name} must be {kind} {side}" + (f" and ≤ {hi:g}" if hi < math.inf else "")
+                             + f", got {value!r}")
+    return float(value)
 
 
 class DataError(ReproError, RuntimeError):

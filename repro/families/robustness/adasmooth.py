@@ -55,7 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...data import MEAN, STD
-from ...errors import ParameterError
+from ...errors import ParameterError, check_number
 from ...models.stages import stage_outputs
 from ...plots.style import COLORS, annotate_setting, jsonable, new_figure
 from ...sweep import SweepResult
@@ -77,16 +77,6 @@ CLAIM_RESTS_ON = {
     "adaptive_vs_fixed": ("g", "h", "prob", "adaptive"),
     "conf_gap_adv": ("h",),
 }
-
-
-def _number(name: str, value: Any, lo: float, hi: float = math.inf, lo_open: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) \
-        and (value > lo if lo_open else value >= lo) and value <= hi
-    if not ok:
-        side = f"> {lo:g}" if lo_open else f"≥ {lo:g}"
-        raise ParameterError(f"{name} must be a number {side}" + (f" and ≤ {hi:g}" if hi < math.inf else "")
-                             + f", got {value!r}")
-    return float(value)
 
 
 def sigmoid(x: float) -> float:
@@ -184,12 +174,12 @@ class MixedClassifier(nn.Module):
             raise ParameterError(f"unknown mixing mode {mode!r}: one of {', '.join(MODES)}")
         if mixer is not None and mode != "prob":
             raise ParameterError("the mixing network mixes probabilities (mode='prob')")
-        _number("alpha", alpha, 0.0, 1.0)
-        _number("scale_g", scale_g, 0.0, lo_open=True)
-        _number("scale_h", scale_h, 0.0, lo_open=True)
-        _number("alpha_bias", alpha_bias, 0.0, 1.0)
-        _number("alpha_scale", alpha_scale, 0.0, 1.0 - float(alpha_bias))
-        _number("bn_momentum", bn_momentum, 0.0, 1.0, lo_open=True)
+        check_number("alpha", alpha, 0.0, 1.0)
+        check_number("scale_g", scale_g, 0.0, lo_open=True)
+        check_number("scale_h", scale_h, 0.0, lo_open=True)
+        check_number("alpha_bias", alpha_bias, 0.0, 1.0)
+        check_number("alpha_scale", alpha_scale, 0.0, 1.0 - float(alpha_bias))
+        check_number("bn_momentum", bn_momentum, 0.0, 1.0, lo_open=True)
         self.g, self.h, self.mixer = g, h, mixer
         for p in list(g.parameters()) + list(h.parameters()):
             p.requires_grad_(False)
@@ -310,24 +300,24 @@ class MixerConfig:
             raise ParameterError(f"mixer_width must be an integer ≥ 1, got {self.width!r}")
         if isinstance(self.attack_steps, bool) or not isinstance(self.attack_steps, int) or self.attack_steps < 1:
             raise ParameterError(f"mix_attack_steps must be an integer ≥ 1, got {self.attack_steps!r}")
-        _number("scale_g", self.scale_g, 0.0, lo_open=True)
-        _number("scale_h", self.scale_h, 0.0, lo_open=True)
-        _number("alpha_bias", self.alpha_bias, 0.0, 1.0)
-        _number("alpha_scale", self.alpha_scale, 0.0, 1.0 - float(self.alpha_bias))
-        _number("gamma_bn_momentum", self.bn_momentum, 0.0, 1.0, lo_open=True)
+        check_number("scale_g", self.scale_g, 0.0, lo_open=True)
+        check_number("scale_h", self.scale_h, 0.0, lo_open=True)
+        check_number("alpha_bias", self.alpha_bias, 0.0, 1.0)
+        check_number("alpha_scale", self.alpha_scale, 0.0, 1.0 - float(self.alpha_bias))
+        check_number("gamma_bn_momentum", self.bn_momentum, 0.0, 1.0, lo_open=True)
         for name in ("gamma_train", "gamma_eval", "eps_range"):
             v = tuple(getattr(self, name))
             if len(v) != 2:
                 raise ParameterError(f"{name} must be two numbers, got {list(v)!r}")
             object.__setattr__(self, name, tuple(float(x) for x in v))
         for name in ("bce_weight", "ce_weight", "prod_weight"):
-            _number(name, getattr(self, name), 0.0)
+            check_number(name, getattr(self, name), 0.0)
         if self.bce_weight == 0 and self.prod_weight == 0:
             raise ParameterError("bce_weight and prod_weight are both 0: nothing would teach the mixing network γ")
-        _number("eps", self.eps, 0.0, 1.0, lo_open=True)
+        check_number("eps", self.eps, 0.0, 1.0, lo_open=True)
         lo, hi = self.eps_range
-        _number("eps_range[0]", lo, 0.0, lo_open=True)
-        _number("eps_range[1]", hi, lo)
+        check_number("eps_range[0]", lo, 0.0, lo_open=True)
+        check_number("eps_range[1]", hi, lo)
         if self.eps * hi > 1:
             raise ParameterError(f"eps · eps_range[1] = {self.eps * hi:g} > 1: ε is in [0, 1] pixel units")
 
@@ -571,10 +561,10 @@ class AdaSmoothConfig(RobustConfig):
                 raise ParameterError(f"{name} must be a RobustConfig (the base network's recipe), got {type(v).__name__}")
         if not isinstance(self.mixer, MixerConfig):
             raise ParameterError(f"mixer must be a MixerConfig, got {type(self.mixer).__name__}")
-        self.alphas = tuple(_number("alphas", a, 0.0, 1.0) for a in self.alphas)
+        self.alphas = tuple(check_number("alphas", a, 0.0, 1.0) for a in self.alphas)
         if not self.alphas:
             raise ParameterError("alphas is empty: give the fixed α values to sweep, e.g. [0.0, 0.5, 1.0]")
-        _number("fixed_gamma", self.fixed_gamma, -50.0, 50.0)
+        check_number("fixed_gamma", self.fixed_gamma, -50.0, 50.0)
         if not 0.0 < round(self.fixed_alpha, 6) < 1.0:
             raise ParameterError(f"fixed_gamma = {self.fixed_gamma:g} gives α = {self.fixed_alpha:.6f}, which is g or h "
                                  "alone, not a mixture: |fixed_gamma| must be below about 14")

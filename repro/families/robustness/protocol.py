@@ -31,7 +31,7 @@ from ... import arms as _arms
 from ... import models
 from ...arms import make_config
 from ...data.poison import CudaPoison
-from ...errors import ParameterError
+from ...errors import ParameterError, check_number
 from ...modes import fresh
 from ...paths import checkpoints_dir
 from ...sweep import Job, JobFn
@@ -64,15 +64,6 @@ def data_subset(run: Any) -> Any:
     c = make_config(DataConfig, run.params)
     return run.data(classes=c.classes, per_class=c.per_class or None, test_per_class=c.test_per_class or None,
                     image_size=c.image_size, seed=c.data_seed)
-
-
-def _number(name: str, value: Any, lo: float, hi: float = math.inf, lo_open: bool = False) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) \
-        and (value > lo if lo_open else value >= lo) and value <= hi
-    if not ok:
-        side = f"> {lo:g}" if lo_open else f"≥ {lo:g}"
-        raise ParameterError(f"{name} must be a number {side}" + (f" and ≤ {hi:g}" if hi < math.inf else "")
-                             + f", got {value!r}")
 
 
 @dataclass
@@ -125,12 +116,12 @@ class RobustConfig:
                 raise ParameterError(f"{name} must be an integer ≥ 1, got {v!r}")
         if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 0:
             raise ParameterError(f"width must be an integer ≥ 0 (0: the architecture's own), got {self.width!r}")
-        _number("lr", self.lr, 0.0, lo_open=True)
-        _number("momentum", self.momentum, 0.0, 1.0)
-        _number("weight_decay", self.weight_decay, 0.0)
-        _number("warmup_epochs", self.warmup_epochs, 0.0)
-        _number("grad_clip", self.grad_clip, 0.0)
-        _number("gamma", self.gamma, 0.0, 1.0, lo_open=True)
+        check_number("lr", self.lr, 0.0, lo_open=True)
+        check_number("momentum", self.momentum, 0.0, 1.0)
+        check_number("weight_decay", self.weight_decay, 0.0)
+        check_number("warmup_epochs", self.warmup_epochs, 0.0)
+        check_number("grad_clip", self.grad_clip, 0.0)
+        check_number("gamma", self.gamma, 0.0, 1.0, lo_open=True)
         if self.schedule not in SCHEDULES:
             raise ParameterError(f"unknown schedule {self.schedule!r}: one of {', '.join(SCHEDULES)}")
         self.milestones = tuple(float(m) for m in self.milestones)

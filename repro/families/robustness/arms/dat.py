@@ -69,7 +69,7 @@ import torch.nn.functional as F
 
 from ....arms import arm
 from ....data import MEAN, OOD_SETS, STD, ood_images
-from ....errors import ParameterError
+from ....errors import ParameterError, check_number
 from ....metrics import auroc
 from ....modes import dry_run
 from ....sweep import Job
@@ -83,16 +83,6 @@ from .standard import train_model
 SAMPLING = ("class", "logsumexp")
 #: Added to per-image gradient norms before dividing (as the reference code's 1e-10).
 NORM_EPS = 1e-10
-
-
-def _num(name: str, v: Any, lo: float, hi: float = math.inf, lo_open: bool = False, integer: bool = False) -> None:
-    ok = not isinstance(v, bool) and isinstance(v, int if integer else (int, float)) and math.isfinite(v) \
-        and (v > lo if lo_open else v >= lo) and v <= hi
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        side = f"> {lo:g}" if lo_open else f"≥ {lo:g}"
-        raise ParameterError(f"{name} must be {kind} {side}" + (f" and ≤ {hi:g}" if hi < math.inf else "")
-                             + f", got {v!r}")
 
 
 def _check_kinds(name: str, kinds: Sequence[str]) -> tuple[str, ...]:
@@ -130,18 +120,18 @@ class EbmConfig:
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLING:
             raise ParameterError(f"sampling must be one of {', '.join(SAMPLING)}, got {self.sampling!r}")
-        _num("step_size", self.step_size, 0.0, lo_open=True)
-        _num("t_start", self.t_start, 0, integer=True)
-        _num("t_max", self.t_max, 0, integer=True)
+        check_number("step_size", self.step_size, 0.0, lo_open=True)
+        check_number("t_start", self.t_start, 0, integer=True)
+        check_number("t_max", self.t_max, 0, integer=True)
         if self.t_start > self.t_max:
             raise ParameterError(f"t_start ({self.t_start}) must be ≤ t_max ({self.t_max})")
-        _num("auc_th", self.auc_th, 0.0, 1.0, lo_open=True)
-        _num("auc_window", self.auc_window, 1, integer=True)
-        _num("bce_weight", self.bce_weight, 0.0)
-        _num("ce_weight", self.ce_weight, 0.0)
+        check_number("auc_th", self.auc_th, 0.0, 1.0, lo_open=True)
+        check_number("auc_window", self.auc_window, 1, integer=True)
+        check_number("bce_weight", self.bce_weight, 0.0)
+        check_number("ce_weight", self.ce_weight, 0.0)
         object.__setattr__(self, "starts", _check_kinds("starts", self.starts))
-        _num("pool", self.pool, len(self.starts), integer=True)
-        _num("pool_seed", self.pool_seed, 0, integer=True)
+        check_number("pool", self.pool, len(self.starts), integer=True)
+        check_number("pool_seed", self.pool_seed, 0, integer=True)
 
     def window_batches(self, batch_size: int) -> int:
         """Batches in the running AUC: ⌈auc_window / batch_size⌉."""
@@ -169,13 +159,13 @@ class GenConfig:
     batch_size: int = 500
 
     def __post_init__(self) -> None:
-        _num("gen steps", self.steps, 0, integer=True)
-        _num("gen step_size", self.step_size, 0.0, lo_open=True)
-        _num("per_class", self.per_class, 1, integer=True)
+        check_number("gen steps", self.steps, 0, integer=True)
+        check_number("gen step_size", self.step_size, 0.0, lo_open=True)
+        check_number("per_class", self.per_class, 1, integer=True)
         object.__setattr__(self, "starts", _check_kinds("gen starts", self.starts))
-        _num("gen seed", self.seed, 0, integer=True)
-        _num("judge_offset", self.judge_offset, 1, integer=True)
-        _num("gen batch_size", self.batch_size, 1, integer=True)
+        check_number("gen seed", self.seed, 0, integer=True)
+        check_number("judge_offset", self.judge_offset, 1, integer=True)
+        check_number("gen batch_size", self.batch_size, 1, integer=True)
 
     def as_record(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "starts": list(self.starts), "score": "f_y"}
@@ -213,7 +203,7 @@ class DatConfig(RobustConfig):
             raise ParameterError("judge must be a RobustConfig of standard (non-adversarial) training")
         if self.gen is not None and self.judge is None:
             raise ParameterError("the generation evaluation (gen) needs a judge classifier's recipe")
-        _num("ema_decay", self.ema_decay, 0.0, 1.0)
+        check_number("ema_decay", self.ema_decay, 0.0, 1.0)
         if self.ema_decay >= 1.0:
             raise ParameterError(f"ema_decay must be < 1, got {self.ema_decay}")
         if self.ebm is not None and self.init is None:
