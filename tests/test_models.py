@@ -204,3 +204,12 @@ def test_vit_img_size_16() -> None:
     m = create("vit_micro_p4", img_size=16)
     assert m(torch.randn(2, 3, 16, 16)).shape == (2, 100)
     assert m.features(torch.randn(2, 3, 16, 16)).shape == (2, 64)
+
+
+def test_stage_shapes_of_a_cnn3_by_hand():
+    """cnn3 at width 8 on 16-px images: three stages of 8, 16, 32 channels, each pooled by 2
+    (16 → 8 → 4 → 2), read without changing the training flag."""
+    from repro.models.stages import stage_channels, stage_shapes
+    net = models.create("cnn3", num_classes=5, width=8).train()
+    assert stage_shapes(net, 16) == [(8, 8), (16, 4), (32, 2)]
+    assert stage_channels(net, 16) == [8, 16, 32] and net.training

@@ -34,12 +34,18 @@ def stage_outputs(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor]
     return outs, logits
 
 
-def stage_channels(model: nn.Module, image_size: int = 32) -> list[int]:
-    """Output channels of each stage (one dry forward on a 2-image batch, eval mode)."""
+def stage_shapes(model: nn.Module, image_size: int = 32) -> list[tuple[int, int]]:
+    """``(channels, side)`` of each stage's output map (one dry forward on a 2-image batch in
+    eval mode; the training flag is restored)."""
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
     with torch.no_grad():
         outs, _ = stage_outputs(model, torch.zeros(2, 3, image_size, image_size, device=dev))
     model.train(was)
-    return [o.shape[1] for o in outs]
+    return [(int(o.shape[1]), int(o.shape[-1])) for o in outs]
+
+
+def stage_channels(model: nn.Module, image_size: int = 32) -> list[int]:
+    """Output channels of each stage (:func:`stage_shapes`)."""
+    return [c for c, _ in stage_shapes(model, image_size)]

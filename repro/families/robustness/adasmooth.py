@@ -56,7 +56,7 @@ import torch.nn.functional as F
 
 from ...data import MEAN, STD
 from ...errors import ParameterError, check_number
-from ...models.stages import stage_outputs
+from ...models.stages import stage_outputs, stage_shapes
 from ...plots.style import COLORS, annotate_setting, jsonable, new_figure
 from ...sweep import SweepResult
 from ...tables import markdown_table
@@ -122,18 +122,6 @@ class MixingNet(nn.Module):
         z = self.block1(torch.cat(list(stage1), 1)) + self.merge(torch.cat(list(stage2), 1))
         z = F.relu(self.bn(self.block2(z)))
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(z, 1), 1))[:, 0]
-
-
-def stage_shapes(model: nn.Module, image_size: int) -> list[tuple[int, int]]:
-    """(channels, side) of every stage's output map of ``model`` (``repro.models.stages``),
-    from one forward pass of a blank 2-image batch in eval mode."""
-    was = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    with torch.no_grad():
-        outs, _ = stage_outputs(model, torch.zeros(2, 3, image_size, image_size, device=dev))
-    model.train(was)
-    return [(int(o.shape[1]), int(o.shape[-1])) for o in outs]
 
 
 def build_mixer(g: nn.Module, h: nn.Module, image_size: int, width: int) -> MixingNet:
