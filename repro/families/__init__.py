@@ -9,6 +9,9 @@ Every family package (``repro/families/<name>/``) has the same parts:
 * ``figures.py``: the family's standard figures, drawn from sweep results;
 * ``tables.py``: its standard tables (Markdown, through ``repro.tables``).
 
+What several families share (the seeded data subset, its fingerprint, the family-wide
+checkpoint folders) is in :mod:`repro.families.common`.
+
 The shared parameters and tier values of a family's protocol are data, in
 ``repro/papers/protocols/<name>.toml``; a chapter that sets ``protocol = "<name>"`` gets them
 and may not redefine them.

@@ -10,9 +10,7 @@ and only ``model`` / ``model_kw`` (and the routing switch) differ.
 from __future__ import annotations
 
 from collections.abc import Mapping
-import hashlib
 import inspect
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,31 +23,12 @@ from ... import models
 from ...arms import make_config
 from ...errors import ParameterError
 from ...flops import count_flops
-from ...modes import fresh
-from ...paths import checkpoints_dir
 from ...sweep import Job, JobFn
 from ...train import TrainConfig
+from .. import common
+from ..common import DataConfig, data_fingerprint, data_subset  # noqa: F401  (re-exported)
 
 FAMILY = "architecture"
-
-
-@dataclass
-class DataConfig:
-    """The seeded CIFAR-100 subset of a chapter (``classes``, ``per_class`` 0 = all 500,
-    ``image_size`` in px, ``data_seed``)."""
-
-    classes: int = 100
-    per_class: int = 0
-    image_size: int = 32
-    data_seed: int = 0
-
-
-def data_subset(run: Any, per_class: int | None = None) -> Any:
-    """The chapter's data (a ``repro.data.Dataset``) from its parameters, recorded in the run;
-    ``per_class`` replaces the parameter (chapter 29 trains at two data fractions)."""
-    c = make_config(DataConfig, run.params)
-    n = c.per_class if per_class is None else per_class
-    return run.data(classes=c.classes, per_class=n or None, image_size=c.image_size, seed=c.data_seed)
 
 
 _MISSING = object()
@@ -143,15 +122,6 @@ def model_cost(model: nn.Module, image_size: int) -> dict[str, float]:
     return {"params": float(c["params"]), "mflops": c["flops"] / 1e6}
 
 
-def data_fingerprint(data: Any) -> str:
-    """A content hash of a dataset's images and labels (train and test): two chapters that cut
-    the same subset get the same fingerprint."""
-    h = hashlib.sha256()
-    for t in (data.x_train, data.y_train, data.x_test, data.y_test):
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:20]
-
-
 def shared_checkpoint_dir(run: Any, arm: str, cfg: ArchConfig, network: str, fingerprint: str, seed: int) -> Path:
     """The family's checkpoint folder of one job, shared by every chapter.
 
@@ -163,11 +133,7 @@ def shared_checkpoint_dir(run: Any, arm: str, cfg: ArchConfig, network: str, fin
     record (``fit`` reports the cost of producing a model, resumed or not).
     """
     recipe = {k: v for k, v in asdict(cfg).items() if k != "title"}
-    parts: list[Any] = [FAMILY, arm, network, recipe, fingerprint, seed, run.env["source_hash"]]
-    if fresh():
-        parts.append(run.run_id)
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    return checkpoints_dir() / FAMILY / run.tier / f"{cfg.model}-s{seed}-{digest}"
+    return common.shared_checkpoint_dir(run, FAMILY, f"{cfg.model}-s{seed}", [arm, network, recipe, fingerprint, seed])
 
 
 def jobs(arms: Mapping[str, tuple[str, ArchConfig]], data: Any, device: Any = "cpu",

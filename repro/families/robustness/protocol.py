@@ -32,10 +32,10 @@ from ... import models
 from ...arms import make_config
 from ...data.poison import CudaPoison
 from ...errors import ParameterError, check_number
-from ...modes import fresh
-from ...paths import checkpoints_dir
 from ...sweep import Job, JobFn
 from ...train import TrainConfig
+from .. import common
+from ..common import DataConfig, data_fingerprint, data_subset  # noqa: F401  (re-exported)
 from .evaluate import EvalConfig
 from .training import AdvTrainConfig
 
@@ -45,25 +45,6 @@ SCHEDULES = ("cosine", "step", "constant", "linear")
 #: ones included) or only the images the poison leaves clean ("unpoisoned": the control that
 #: tells whether the poisoned images hurt or merely do not help).
 TRAIN_ON = ("all", "unpoisoned")
-
-
-@dataclass
-class DataConfig:
-    """The seeded CIFAR-100 subset of a chapter (``classes``, ``per_class`` 0 = all 500,
-    ``test_per_class`` 0 = all 100, ``image_size`` in px, ``data_seed``)."""
-
-    classes: int = 100
-    per_class: int = 0
-    test_per_class: int = 0
-    image_size: int = 32
-    data_seed: int = 0
-
-
-def data_subset(run: Any) -> Any:
-    """The chapter's data (a ``repro.data.Dataset``) from its parameters, recorded in the run."""
-    c = make_config(DataConfig, run.params)
-    return run.data(classes=c.classes, per_class=c.per_class or None, test_per_class=c.test_per_class or None,
-                    image_size=c.image_size, seed=c.data_seed)
 
 
 @dataclass
@@ -210,15 +191,6 @@ def train_config(cfg: RobustConfig, **kw: Any) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def data_fingerprint(data: Any) -> str:
-    """A content hash of a dataset's images and labels (train and test): two chapters that cut
-    the same subset get the same fingerprint."""
-    h = hashlib.sha256()
-    for t in (data.x_train, data.y_train, data.x_test, data.y_test):
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:20]
-
-
 #: ``(config, seed, own=False, of="") → checkpoint folder`` of a model a job trains: its own
 #: (``own``), another arm's (``of``) or a ``standard`` model it builds on (None: no checkpoints).
 CheckpointFor = Callable[..., "Path | None"]
@@ -234,11 +206,8 @@ def shared_checkpoint_dir(run: Any, arm: str, cfg: RobustConfig, fingerprint: st
     (a standard and a PGD-AT network of the same recipe), find a finished job and load it
     instead of training it again. Its training cost is still counted in the record (``fit``
     reports the cost of producing a model, resumed or not)."""
-    parts: list[Any] = [FAMILY, arm, cfg.recipe(), fingerprint, seed, run.env["source_hash"]]
-    if fresh():
-        parts.append(run.run_id)
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    return checkpoints_dir() / FAMILY / run.tier / f"{arm}-{cfg.model}-s{seed}-{digest}"
+    return common.shared_checkpoint_dir(run, FAMILY, f"{arm}-{cfg.model}-s{seed}",
+                                        [arm, cfg.recipe(), fingerprint, seed])
 
 
 def jobs(arms: Mapping[str, tuple[str, RobustConfig]], data: Any, device: Any = "cpu",

@@ -15,28 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ... import arms as _arms
-from ...arms import make_config
 from ...sweep import Job, JobFn
 from ...train import TrainConfig
+from ..common import DataConfig, data_subset  # noqa: F401  (re-exported)
 
 FAMILY = "training"
-
-
-@dataclass
-class DataConfig:
-    """The seeded CIFAR-100 subset of a chapter (``classes``, ``per_class`` 0 = all 500,
-    ``image_size`` in px, ``data_seed``)."""
-
-    classes: int = 100
-    per_class: int = 0
-    image_size: int = 32
-    data_seed: int = 0
-
-
-def data_subset(run: Any) -> Any:
-    """The chapter's data (a ``repro.data.Dataset``) from its parameters, recorded in the run."""
-    c = make_config(DataConfig, run.params)
-    return run.data(classes=c.classes, per_class=c.per_class or None, image_size=c.image_size, seed=c.data_seed)
 
 
 @dataclass

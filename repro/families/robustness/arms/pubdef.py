@@ -33,7 +33,6 @@ training only: the zoo stands for public models the defender does not train (the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from ....data.loader import TensorLoader, random_crop_flip
 from ....errors import ParameterError
 from ....sweep import Job
 from ....train import LossFn, dry_run, fit
+from ...common import tensor_fingerprint
 from ..attacks import AttackSpec, check_attack
 from ..evaluate import evaluate
 from ..protocol import CheckpointFor, RobustConfig, build_model, checkpoint_folders, train_config
@@ -194,13 +194,6 @@ def plain_config(cfg: RobustConfig) -> RobustConfig:
 
 
 # -- training sets ------------------------------------------------------------------------------------------
-def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in (x, y):
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:20]
-
-
 def training_sets(defence: PubDefTraining, data: Any, zoo: Mapping[str, ZooModel],
                   checkpoints: CheckpointFor | None) -> torch.Tensor:
     """uint8 ``[sources, copies, N, 3, S, S]``: every training image attacked on every
@@ -209,7 +202,7 @@ def training_sets(defence: PubDefTraining, data: Any, zoo: Mapping[str, ZooModel
     there afterwards. A dry run attacks the first batch only; the rest of its set is the clean
     images (it checks the plumbing, never a result)."""
     x, y = data.x_train.cpu(), data.y_train.long().cpu()
-    fp = _fingerprint(x, y)
+    fp = tensor_fingerprint(x, y)
     out = torch.empty((len(defence.sources), defence.copies, *x.shape), dtype=torch.uint8)
     for i, s in enumerate(defence.sources):
         if s.name not in zoo:
