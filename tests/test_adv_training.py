@@ -30,13 +30,7 @@ M = torch.tensor(MEAN).view(1, 3, 1, 1)
 S = torch.tensor(STD).view(1, 3, 1, 1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def normalise(x01: torch.Tensor) -> torch.Tensor:

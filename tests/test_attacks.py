@@ -22,18 +22,9 @@ from repro.families.robustness.attacks import (ATTACKS, AttackSpec, PixelModel, 
                                                eval_subset, make_attack, robust_accuracy, robust_correct)
 from repro.families.robustness.sanity import SanityReport, binomial_tolerance, is_stochastic, run_sanity_checks
 from repro.train import WORK, Precision
+from toys import CENTRES, brightness_data
 
-CENTRES = torch.tensor([0.2, 0.4, 0.6, 0.8])
 SIZE = 8
-
-
-def brightness_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n images [n, 3, 8, 8] in [0, 1] whose class is their brightness level."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 4, (n,), generator=g)
-    b = CENTRES[y] + (torch.rand(n, generator=g) - 0.5) * 0.1
-    x = b.view(-1, 1, 1, 1) + (torch.rand(n, 3, SIZE, SIZE, generator=g) - 0.5) * 0.04
-    return x.clamp(0, 1), y
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -45,13 +36,7 @@ def tiny_cnn() -> nn.Module:
                          nn.Linear(8, 4))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and far faster on a machine that is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,7 @@ from repro.papers import load_spec
 from repro.sweep import SweepResult
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def normalise(x01: torch.Tensor) -> torch.Tensor:

@@ -22,24 +22,10 @@ from repro.families.robustness.arms.standard import train_standard, training_set
 from repro.families.robustness.attacks import AttackSpec
 from repro.families.robustness.evaluate import EvalConfig, EvalResult, eval_images, evaluate
 from repro.families.robustness.training import AdvTrainConfig
-
-CENTRES = torch.tensor([0.2, 0.4, 0.6, 0.8])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from toys import brightness_uint8
 
 
-def brightness_uint8(n: int, seed: int, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 4, (n,), generator=g)
-    b = CENTRES[y] + (torch.rand(n, generator=g) - 0.5) * 0.1
-    x = b.view(-1, 1, 1, 1) + (torch.rand(n, 3, size, size, generator=g) - 0.5) * 0.04
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8), y
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def normalise(x01: torch.Tensor) -> torch.Tensor:
