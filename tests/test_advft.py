@@ -98,3 +98,9 @@ def test_eps_curves_put_clean_accuracy_at_zero_and_each_pgd_radius_on_its_own():
     curves = tables.eps_curves(res, ["at_scratch", "pretrained"])
     assert curves["at_scratch"] == {0.0: [40, 40], 8 / 255: [20, 20], 2 / 255: [33.0]}
     assert curves["pretrained"] == {0.0: [60, 60], 8 / 255: [0, 0]}
+
+
+def test_table_cells_by_hand():
+    from repro.families.robustness.tables import count, fmt
+    assert fmt(None) == "—" and fmt(float("nan")) == "—" and fmt(12.345) == "12.3" and fmt(1.0, 2) == "1.00"
+    assert count(None) == "—" and count(950.0) == "950" and count(25_000.0) == "25 k" and count(3_400_000.0) == "3.40 M"

@@ -440,6 +440,7 @@ def test_tables_and_figures_fit_the_page():
     zt = pubdef.zoo_table(res)
     assert "held out" in zt and "fgsm_rs, ε 8/255" in zt and "1.0 – 2.0" in zt
     assert "✓" in pubdef.sanity_table(res) and "✓" in pubdef.ceiling_table(res, 10.0)
+    assert "worst transfer ≥ PGD" in pubdef.sanity_table(res).splitlines()[0]
     fig, data = pubdef.clean_vs_transfer(res, "setting")
     assert fig.get_size_inches()[0] <= 7.5
     assert data["points"]["pubdef"]["transfer_worst_heldout"]["mean"] == pytest.approx(30.0)

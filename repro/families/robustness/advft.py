@@ -37,7 +37,7 @@ from .attacks import AttackSpec
 from .evaluate import EvalConfig
 from .figures import MARKERS
 from .protocol import RobustConfig, adv_config, robust_config, train_config
-from .tables import count, hardening_flag, sanity_flags
+from .tables import count, hardening_flag, sanity_flags, seed_mean
 
 FINE_TUNED = ("ft_slowfast", "ft_constant", "ft_step")
 #: Arms trained adversarially (their claims need the hardening guard).
@@ -109,24 +109,19 @@ def guards(result: SweepResult, claims: Sequence[Any]) -> list[tuple[str, str]]:
     return [(c.key, "; ".join(reasons)) for c in claims if c.arm in ADVERSARIAL or c.baseline in ADVERSARIAL]
 
 
-def _mean(result: SweepResult, metric: str, arm: str) -> float | None:
-    vals = list(result.per_seed(metric, arm).values())
-    return float(np.mean(vals)) if vals else None
-
-
 def compute_table(result: SweepResult) -> str:
     """Per arm: epochs, gradient evaluations of its own training and in total (the
     pre-training included for the fine-tuned arms), that total relative to AT from scratch, and
     clean / PGD / APGD-CE / worst accuracy on the evaluation subset (means over seeds)."""
-    ref = _mean(result, "grad_evals", "at_scratch")
+    ref = seed_mean(result, "grad_evals", "at_scratch")
     rows = []
     for a in result.arms():
         jobs = result.of(a)
         cfg = jobs[0]["extra"]["config"]
-        own = _mean(result, "grad_evals_finetune", a) if cfg.get("init") else _mean(result, "grad_evals", a)
-        total = _mean(result, "grad_evals", a)
+        own = seed_mean(result, "grad_evals_finetune", a) if cfg.get("init") else seed_mean(result, "grad_evals", a)
+        total = seed_mean(result, "grad_evals", a)
         ratio = "—" if not ref or own is None else f"{own / ref:.2f} ({total / ref:.2f})"
-        cells = [_mean(result, m, a) for m in ("eval_clean", "robust_pgd", "robust_apgd_ce", "robust_worst")]
+        cells = [seed_mean(result, m, a) for m in ("eval_clean", "robust_pgd", "robust_apgd_ce", "robust_worst")]
         rows.append([f"`{a}`", TITLES.get(a, a), str(cfg["epochs"]), count(own), count(total), ratio,
                      *["—" if c is None else f"{c:.1f}" for c in cells]])
     return markdown_table(["arm", "training", "epochs", "grad. evals (own)", "grad. evals (total)",

@@ -52,8 +52,9 @@ from ...sweep import SweepResult
 from ...tables import markdown_table
 from .attacks import AttackSpec
 from .evaluate import EvalConfig
-from .figures import eps_label
+from .figures import eps_label, spread
 from .protocol import RobustConfig, build_model, robust_config
+from .tables import seed_mean
 
 #: The attack settings every arm reports, at each ε (metric ``robust_<kind>_e<ε·255>`` and,
 #: at ``eval_eps``, ``robust_<kind>``). For the single-resolution baseline (one deterministic
@@ -519,12 +520,6 @@ def _curve(jobs: Sequence[dict[str, Any]], kind: str) -> dict[float, list[float]
     return out
 
 
-def _spread(values: Sequence[float]) -> dict[str, Any]:
-    v = np.asarray(list(values), dtype=float)
-    return {"values": v.tolist(), "mean": float(v.mean()), "min": float(v.min()), "max": float(v.max()),
-            "n": int(v.size)}
-
-
 def member_accuracy(result: SweepResult, setting: str, eps: float) -> tuple[Figure, dict]:
     """Accuracy of each member (heads by block, the final layer) and of CrossMax on the
     evaluation subset, clean and under EOT-PGD crafted on the final layer alone at ``eps``: bars
@@ -539,7 +534,7 @@ def member_accuracy(result: SweepResult, setting: str, eps: float) -> tuple[Figu
     series: dict[str, Any] = {}
     for i, (what, label, colour) in enumerate((("clean", "clean", COLORS[0]),
                                                ("attacked", f"EOT-PGD on the final layer, ε {eps_label(eps)}", COLORS[1]))):
-        stats = [_spread([j["metrics"][f"member_{n}_{what}"] for j in jobs]) for n in names]
+        stats = [spread([j["metrics"][f"member_{n}_{what}"] for j in jobs]) for n in names]
         pos = xs + (i - 0.5) * width
         ax.bar(pos, [s["mean"] for s in stats], width, color=colour, alpha=0.85, label=label, zorder=2)
         ax.errorbar(pos, [s["mean"] for s in stats], yerr=[[s["mean"] - s["min"] for s in stats],
@@ -581,11 +576,6 @@ def stack_grid(data: Any, cfg: CrossMaxConfig, setting: str, classes: int = 6) -
     fig_data.update(classes=names, resolutions=list(cfg.resolutions), jitter=cfg.jitter, noise=cfg.noise,
                     colour_min=cfg.colour_min)
     return fig, fig_data
-
-
-def _mean(result: SweepResult, metric: str, arm: str) -> float | None:
-    vals = list(result.per_seed(metric, arm).values())
-    return float(np.mean(vals)) if vals else None
 
 
 def _cell(values: Sequence[float]) -> str:

@@ -22,7 +22,6 @@ produce robustness before the AT claims are judged.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,8 +38,8 @@ from ...tables import markdown_table
 from .attacks import AttackSpec
 from .evaluate import EvalConfig
 from .protocol import RobustConfig, adv_config, robust_config
-from .tables import count as _count
-from .tables import hardening_flag, sanity_flags
+from .figures import spread
+from .tables import count, hardening_flag, sanity_flags, seed_mean
 from .tables import sanity_table as _sanity_table
 
 #: The poisoned fraction whose claim the chapter judges (``cuda_mix50`` against ``clean``).
@@ -275,12 +274,6 @@ def accuracy_vs_epoch(result: SweepResult, setting: str, chance: float,
                           "(augmented; poisoned and/or adversarial where the arm is)"})
 
 
-def _spread(values: Sequence[float]) -> dict[str, Any]:
-    v = np.asarray(list(values), dtype=float)
-    return {"values": v.tolist(), "mean": float(v.mean()), "min": float(v.min()), "max": float(v.max()),
-            "n": int(v.size)}
-
-
 def accuracy_vs_fraction(result: SweepResult, fractions: Sequence[float], setting: str,
                          chance: float) -> tuple[Figure, dict]:
     """Clean-test top-1 against the poisoned fraction of the training set (0: ``clean``, 1:
@@ -297,7 +290,7 @@ def accuracy_vs_fraction(result: SweepResult, fractions: Sequence[float], settin
         for x, arm in zip(xs, arms):
             vals = list(result.per_seed("top1", arm).values())
             if vals:
-                pts.append((x, _spread(vals), arm))
+                pts.append((x, spread(vals), arm))
         if not pts:
             continue
         px = [p[0] + dx for p in pts]
@@ -329,11 +322,6 @@ def clean_vs_robust_points(result: SweepResult, key: str = "pgd") -> list[dict[s
     return out
 
 
-def _mean(result: SweepResult, metric: str, arm: str) -> float | None:
-    vals = list(result.per_seed(metric, arm).values())
-    return float(np.mean(vals)) if vals else None
-
-
 def summary_table(result: SweepResult) -> str:
     """One row per arm: training data, adversarial training, images trained on, test top-1 per
     seed (mean), the last epoch's accuracy on the training batches, robust accuracy under PGD
@@ -352,11 +340,11 @@ def summary_table(result: SweepResult) -> str:
         adv = cfg.get("adv")
         at = "—" if not adv else f"{adv['method']}, ε {adv['eps']:g}, {adv['steps']} step{'s' if adv['steps'] > 1 else ''}"
         top = list(result.per_seed("top1", arm).values())
-        rob = _mean(result, "robust_pgd", arm)
+        rob = seed_mean(result, "robust_pgd", arm)
         rows.append([f"`{arm}`", data, at, f"{jobs[0]['extra']['train_images']}",
                      ", ".join(f"{v:.1f}" for v in top) + f" (**{np.mean(top):.1f}**)",
-                     f"{_mean(result, 'train_acc', arm):.1f}", "—" if rob is None else f"{rob:.1f}",
-                     _count(_mean(result, 'grad_evals', arm))])
+                     f"{seed_mean(result, 'train_acc', arm):.1f}", "—" if rob is None else f"{rob:.1f}",
+                     count(seed_mean(result, 'grad_evals', arm))])
     return markdown_table(["arm", "training data", "adversarial training", "train img",
                            "clean-test top-1 per seed (mean)", "train-batch acc.", "robust acc. (PGD)",
                            "grad. evals"], rows, "lllrlrrr")

@@ -40,6 +40,9 @@ from .arms.dat import DatConfig, EbmConfig, GenConfig, _forward, check_starts, d
 from .attacks import AttackSpec
 from .evaluate import EvalConfig
 from .protocol import RobustConfig, adv_config, robust_config
+from .figures import spread
+from . import tables
+from .tables import count, fmt, seed_mean
 
 #: Arm labels in training order, and their display names.
 TITLES = {"standard": "standard training", "at": "L2 AT (stage 1)", "dat": "AT → DAT (BN frozen)",
@@ -136,21 +139,6 @@ def _title(result: SweepResult, arm: str) -> str:
     return (jobs[0]["extra"].get("title") or arm) if jobs else arm
 
 
-def _mean(result: SweepResult, metric: str, arm: str) -> float | None:
-    vals = list(result.per_seed(metric, arm).values())
-    return float(np.mean(vals)) if vals else None
-
-
-def _fmt(x: float | None, digits: int = 1) -> str:
-    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
-
-
-def _count(x: float | None) -> str:
-    if x is None:
-        return "—"
-    return f"{x / 1e6:.2f} M" if x >= 1e6 else (f"{x / 1e3:.0f} k" if x >= 1e4 else f"{x:.0f}")
-
-
 def summary_table(result: SweepResult) -> str:
     """One row per arm, means over seeds: clean-test top-1, clean and L2-PGD accuracy on the
     evaluation subset, the judge's accuracy on the class-conditional samples, the Fréchet
@@ -158,37 +146,21 @@ def summary_table(result: SweepResult) -> str:
     real vs samples, the curriculum's last T, and gradient evaluations."""
     rows = []
     for arm in result.arms():
-        t = _mean(result, "T_final", arm)
-        rows.append([f"`{arm}`", _title(result, arm), _fmt(_mean(result, "top1", arm)),
-                     _fmt(_mean(result, "eval_clean", arm)), _fmt(_mean(result, ROBUST, arm)),
-                     _fmt(_mean(result, "gen_acc", arm)), _fmt(_mean(result, "gen_fd", arm), 2),
-                     _fmt(_mean(result, "gen_fd_start", arm), 2), _fmt(_mean(result, "gen_auc", arm)),
-                     "—" if t is None else f"{t:.1f}", _count(_mean(result, "grad_evals", arm))])
+        t = seed_mean(result, "T_final", arm)
+        rows.append([f"`{arm}`", _title(result, arm), fmt(seed_mean(result, "top1", arm)),
+                     fmt(seed_mean(result, "eval_clean", arm)), fmt(seed_mean(result, ROBUST, arm)),
+                     fmt(seed_mean(result, "gen_acc", arm)), fmt(seed_mean(result, "gen_fd", arm), 2),
+                     fmt(seed_mean(result, "gen_fd_start", arm), 2), fmt(seed_mean(result, "gen_auc", arm)),
+                     "—" if t is None else f"{t:.1f}", count(seed_mean(result, "grad_evals", arm))])
     return markdown_table(["arm", "model", "test top-1", "clean (subset)", "L2 PGD", "samples judged as target",
                            "FD samples", "FD starts", "AUC real vs samples", "final T", "grad. evals"],
                           rows, "llrrrrrrrrr")
 
 
 def sanity_table(result: SweepResult) -> str:
-    """Per arm and seed: clean and L2-PGD accuracy on the subset and each sanity check (twice
-    the steps, unbounded Linf PGD, Square L2) with its number and whether it passed."""
-    rows = []
-    for arm in result.arms():
-        for j in result.of(arm):
-            rob = j["extra"].get("robustness") or {}
-            san = rob.get("sanity")
-            if not san:
-                continue
-            checks = {c["name"]: c for c in san["checks"]}
-
-            def cell(name: str, key: str) -> str:
-                c = checks.get(name)
-                return "—" if c is None else f"{c['numbers'][key]:.1f} {'✓' if c['passed'] else '✗ FAILED'}"
-            rows.append([f"`{arm}`", str(j["seed"]), str(rob["n"]), f"{rob['clean']:.1f}",
-                         f"{rob['robust']['pgd_l2']:.1f}", cell("more_steps", "more_steps_acc"),
-                         cell("unbounded", "acc"), cell("black_box", "acc")])
-    return markdown_table(["arm", "seed", "images", "clean", "L2 PGD", "L2 PGD, 2× steps", "unbounded PGD (Linf ε = 1)",
-                           "Square L2 (black box)"], rows, "lrrrrrrr")
+    """The family's sanity table (``tables.sanity_table``): per arm and seed, clean and L2-PGD
+    accuracy on the subset and each check (twice the steps, unbounded Linf PGD, Square L2)."""
+    return tables.sanity_table(result, result.arms())
 
 
 def guards(result: SweepResult, claims: Sequence[Any], chance_pct: float, z: float = 2.0) -> list[tuple[str, str]]:
@@ -208,7 +180,7 @@ def guards(result: SweepResult, claims: Sequence[Any], chance_pct: float, z: flo
         for j in result.of(arm):
             for f in (j["extra"].get("robustness") or {}).get("flags", []):
                 robust.append(f"{arm} seed {j['seed']}: {f}")
-    rob = {arm: _mean(result, ROBUST, arm) for arm in ("at", "standard")}
+    rob = {arm: seed_mean(result, ROBUST, arm) for arm in ("at", "standard")}
     if None not in rob.values():
         n = min(j["extra"]["robustness"]["n"] for j in result.of("at") + result.of("standard"))
         pa, pb = (min(max(rob[a] / 100, 0.0), 1.0) for a in ("at", "standard"))
@@ -285,11 +257,6 @@ def sample_grid(models: Mapping[str, torch.nn.Module], data: Any, gen: GenConfig
     return fig, fig_data
 
 
-def _spread(values: Sequence[float]) -> dict[str, Any]:
-    v = np.asarray(list(values), dtype=float)
-    return {"values": v.tolist(), "mean": float(v.mean()), "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
-
-
 def _bars(ax: Any, result: SweepResult, arms: Sequence[str], metric: str, color: str, offset: float,
           width: float, label: str) -> dict[str, Any]:
     out = {}
@@ -297,7 +264,7 @@ def _bars(ax: Any, result: SweepResult, arms: Sequence[str], metric: str, color:
         vals = list(result.per_seed(metric, arm).values())
         if not vals:
             continue
-        s = _spread(vals)
+        s = spread(vals)
         x = i + offset
         ax.bar([x], [s["mean"]], width=width, color=color, alpha=0.8, label=label if not out else None)
         ax.errorbar([x], [s["mean"]], yerr=[[s["mean"] - s["min"]], [s["max"] - s["mean"]]], color="0.2",
@@ -340,7 +307,7 @@ def generation_bars(result: SweepResult, setting: str, chance: float) -> tuple[F
     ax1.set_ylim(0, max(10.0, max([s["max"] for s in acc.values()] or [10.0])) * 1.25)
     ax1.legend(loc="upper left", fontsize=8)
     fd = _bars(ax2, result, arms, "gen_fd", COLORS[3], 0.0, 0.6, "samples")
-    start = _mean(result, "gen_fd_start", arms[0]) if arms else None
+    start = seed_mean(result, "gen_fd_start", arms[0]) if arms else None
     if start is not None:
         ax2.axhline(start, color="0.4", linestyle="--", linewidth=1, label="start images")
         ax2.legend(loc="upper right", fontsize=8)

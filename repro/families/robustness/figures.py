@@ -30,7 +30,8 @@ def eps_label(eps: float) -> str:
     return "0" if k == 0 else f"{k:g}/255"
 
 
-def _spread(values: Sequence[float]) -> dict[str, Any]:
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, min, max, count and values of a point's seeds (NaNs ignored); ParameterError if empty."""
     v = np.asarray(list(values), dtype=float)
     if v.size == 0:
         raise ParameterError("a point or curve has no values")
@@ -85,7 +86,7 @@ def plot_robust_vs_eps(curves: Mapping[str, Mapping[float, Sequence[float]]], se
         if not eps:
             raise ParameterError(f"curve {label!r} has no ε values")
         by = {float(e): v for e, v in per_eps.items()}
-        stats = [_spread(by[e]) for e in eps]
+        stats = [spread(by[e]) for e in eps]
         xs = [e * unit for e in eps]
         color = COLORS[i % len(COLORS)]
         n = max(s["n"] for s in stats)
@@ -131,7 +132,7 @@ def plot_clean_vs_robust(points: Sequence[Mapping[str, Any]], setting: str, atta
     top_x = top_y = 0.0
     for i, p in enumerate(points):
         label = str(p["label"])
-        clean, robust = _spread(p["clean"]), _spread(p["robust"])
+        clean, robust = spread(p["clean"]), spread(p["robust"])
         if clean["n"] != robust["n"]:
             raise ParameterError(f"{label!r}: {clean['n']} clean but {robust['n']} robust values (one per seed each)")
         color, marker = COLORS[i % len(COLORS)], MARKERS[i % len(MARKERS)]

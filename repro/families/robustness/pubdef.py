@@ -43,6 +43,8 @@ from .attacks import AttackSpec
 from .evaluate import EvalConfig
 from .protocol import RobustConfig, adv_config, build_model, robust_config
 from .transfer import Source, TransferConfig, plot_clean_vs_transfer, plot_transfer_heatmap
+from . import tables
+from .tables import count, fmt, seed_mean
 
 #: The three targets, in the order they train and appear in tables and figures.
 TARGETS = ("standard", "at", "pubdef")
@@ -154,21 +156,6 @@ def _title(result: SweepResult, arm: str) -> str:
     return (jobs[0]["extra"].get("title") or arm) if jobs else arm
 
 
-def _mean(result: SweepResult, metric: str, arm: str) -> float | None:
-    vals = list(result.per_seed(metric, arm).values())
-    return float(np.mean(vals)) if vals else None
-
-
-def _fmt(x: float | None, digits: int = 1) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def _count(x: float | None) -> str:
-    if x is None:
-        return "—"
-    return f"{x / 1e6:.2f} M" if x >= 1e6 else (f"{x / 1e3:.0f} k" if x >= 1e4 else f"{x:.0f}")
-
-
 def transfer_records(result: SweepResult, arms: Sequence[str] = TARGETS) -> dict[str, list[dict[str, Any]]]:
     """``title → [transfer record per seed]`` for the figures of :mod:`.transfer`."""
     return {_title(result, a): [j["extra"]["transfer"] for j in result.of(a) if j["extra"].get("transfer")]
@@ -204,7 +191,7 @@ def zoo_table(result: SweepResult) -> str:
         net = c["model"] + (f" (width {c['width']})" if c["width"] else "")
         own = list((z.get("own_attack_acc") or {}).values())
         rows.append([f"`{name}`", "seen" if name in seen else "held out", net, train, str(c["epochs"]), str(z["seed"]),
-                     _fmt(z.get("top1")), _fmt(z.get("clean_subset")),
+                     fmt(z.get("top1")), fmt(z.get("clean_subset")),
                      f"{min(own):.1f} – {max(own):.1f}" if own else "—"])
     return markdown_table(["source", "PubDef", "network", "training", "epochs", "seed", "test top-1",
                            "clean (subset)", "acc. on own attacks"], rows, "lllllrrrr")
@@ -220,40 +207,25 @@ def summary_table(result: SweepResult) -> str:
         if not result.of(arm):
             continue
         top = list(result.per_seed("top1", arm).values())
-        grads = _mean(result, "grad_evals", arm)
-        pre = _mean(result, "grad_evals_precompute", arm)
+        grads = seed_mean(result, "grad_evals", arm)
+        pre = seed_mean(result, "grad_evals_precompute", arm)
         rows.append([f"`{arm}`", _title(result, arm), ", ".join(f"{v:.1f}" for v in top) + f" (**{np.mean(top):.1f}**)",
-                     _fmt(_mean(result, "transfer_clean", arm)), f"**{_fmt(_mean(result, 'transfer_worst', arm))}**",
-                     _fmt(_mean(result, "transfer_worst_seen", arm)), _fmt(_mean(result, "transfer_worst_heldout", arm)),
-                     _fmt(_mean(result, "transfer_mean", arm)), _fmt(_mean(result, "transfer_union", arm)),
-                     _fmt(_mean(result, "robust_pgd", arm)), _count(grads) + (f" + {_count(pre)}" if pre else "")])
+                     fmt(seed_mean(result, "transfer_clean", arm)), f"**{fmt(seed_mean(result, 'transfer_worst', arm))}**",
+                     fmt(seed_mean(result, "transfer_worst_seen", arm)), fmt(seed_mean(result, "transfer_worst_heldout", arm)),
+                     fmt(seed_mean(result, "transfer_mean", arm)), fmt(seed_mean(result, "transfer_union", arm)),
+                     fmt(seed_mean(result, "robust_pgd", arm)), count(grads) + (f" + {count(pre)}" if pre else "")])
     return markdown_table(["arm", "target", "clean top-1 per seed (mean)", "clean", "worst transfer", "worst, seen",
                            "worst, held out", "mean transfer", "every pair", "white-box PGD", "grad. evals"],
                           rows, "llcrrrrrrrr")
 
 
 def sanity_table(result: SweepResult) -> str:
-    """Per target and seed: clean and PGD accuracy on the subset, the family's sanity checks
-    (twice the steps, unbounded PGD, Square) and the transfer-vs-white-box check."""
-    rows = []
-    for arm in TARGETS:
-        for j in result.of(arm):
-            rob = j["extra"].get("robustness") or {}
-            san = rob.get("sanity")
-            if not san:
-                continue
-            checks = {c["name"]: c for c in san["checks"]}
-
-            def cell(name: str, key: str) -> str:
-                c = checks.get(name)
-                return "—" if c is None else f"{c['numbers'][key]:.1f} {'✓' if c['passed'] else '✗ FAILED'}"
-            tr = j["extra"].get("transfer") or {}
-            wb_ok = "—" if not tr else ("✗ FAILED" if tr.get("flags") else "✓")
-            worst = "—" if not tr else f"{tr['transfer_worst']:.1f} {wb_ok}"
-            rows.append([f"`{arm}`", str(j["seed"]), str(rob["n"]), f"{rob['clean']:.1f}", f"{rob['robust']['pgd']:.1f}",
-                         cell("more_steps", "more_steps_acc"), cell("unbounded", "acc"), cell("black_box", "acc"), worst])
-    return markdown_table(["arm", "seed", "images", "clean", "PGD", "PGD, 2× steps", "unbounded PGD", "Square",
-                           "worst transfer ≥ PGD"], rows, "lrrrrrrrr")
+    """The family's sanity table (``tables.sanity_table``) per target and seed, plus the
+    transfer check: the worst transfer attack is not stronger than the white-box PGD."""
+    def transfer_check(job: dict[str, Any]) -> str:
+        tr = job["extra"].get("transfer") or {}
+        return "—" if not tr else f"{tr['transfer_worst']:.1f} {'✗ FAILED' if tr.get('flags') else '✓'}"
+    return tables.sanity_table(result, [a for a in TARGETS if result.of(a)], ("worst transfer ≥ PGD", transfer_check))
 
 
 def ceiling(result: SweepResult, metric: str, min_drop: float, z: float = 2.0,
@@ -262,7 +234,7 @@ def ceiling(result: SweepResult, metric: str, min_drop: float, z: float = 2.0,
     on the transfer subset minus ``metric`` (a worst-case transfer accuracy), mean over seeds. It
     passes when the drop is at least ``min_drop`` points and more than ``z`` binomial
     standard errors of the difference on the subset's ``n`` images. None without data."""
-    clean, worst = _mean(result, "transfer_clean", arm), _mean(result, metric, arm)
+    clean, worst = seed_mean(result, "transfer_clean", arm), seed_mean(result, metric, arm)
     if clean is None or worst is None:
         return None
     n = min(j["extra"]["transfer"]["n"] for j in result.of(arm))

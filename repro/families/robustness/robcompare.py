@@ -22,8 +22,6 @@ import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from ...errors import ParameterError, check_choices
 from ...papers import load_spec
 from ...sweep import SweepResult
@@ -31,7 +29,7 @@ from ...tables import markdown_table
 from .attacks import AttackSpec
 from .evaluate import EvalConfig
 from .protocol import DataConfig, RobustConfig
-from .tables import count, sanity_flags
+from .tables import count, sanity_flags, seed_mean
 
 
 def compared(source: str, cfg: RobustConfig, ev: EvalConfig, title: str, eot: int) -> tuple[str, RobustConfig]:
@@ -116,24 +114,19 @@ def arm_configs(params: Mapping[str, Any], explicit: Mapping[str, Any] | None = 
     return out, left_out
 
 
-def _mean(result: SweepResult, metric: str, arm: str) -> float | None:
-    vals = list(result.per_seed(metric, arm).values())
-    return float(np.mean(vals)) if vals else None
-
-
 def leaderboard(result: SweepResult, attacks: Sequence[str]) -> str:
     """One row per model, sorted by worst-case robust accuracy: clean-test top-1, clean and
     robust accuracy per attack on the evaluation subset, the worst case, whether the numbers
     are only upper bounds, and the training cost in gradient evaluations (means over seeds)."""
     rows = []
-    order = sorted(result.arms(), key=lambda a: -(_mean(result, "robust_worst", a) or -1.0))
+    order = sorted(result.arms(), key=lambda a: -(seed_mean(result, "robust_worst", a) or -1.0))
     for a in order:
         jobs = result.of(a)
         upper = any((j["extra"].get("robustness") or {}).get("upper_bound") for j in jobs)
-        cells = [_mean(result, m, a) for m in ("top1", "eval_clean", *[f"robust_{k}" for k in attacks], "robust_worst")]
+        cells = [seed_mean(result, m, a) for m in ("top1", "eval_clean", *[f"robust_{k}" for k in attacks], "robust_worst")]
         rows.append([f"`{a}`", jobs[0]["extra"].get("title") or a,
                      *["—" if c is None else f"{c:.1f}" for c in cells], "yes" if upper else "no",
-                     count(_mean(result, "grad_evals", a))])
+                     count(seed_mean(result, "grad_evals", a))])
     return markdown_table(["model", "", "test top-1", "subset clean", *attacks, "worst", "upper bound",
                            "grad. evals"], rows, "ll" + "r" * (3 + len(attacks)) + "lr")
 

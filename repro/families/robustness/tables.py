@@ -14,7 +14,7 @@ the robust accuracy per ε.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,9 +23,15 @@ from ...sweep import SweepResult
 from ...tables import markdown_table
 
 
-def _mean(result: SweepResult, metric: str, arm: str) -> float | None:
+def seed_mean(result: SweepResult, metric: str, arm: str) -> float | None:
+    """The mean over seeds of ``arm``'s ``metric``; None when it has no value."""
     vals = list(result.per_seed(metric, arm).values())
     return float(np.mean(vals)) if vals else None
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    """A table cell: the number to ``digits`` decimals, "—" for None or a non-finite value."""
+    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
 
 
 def count(x: float | None) -> str:
@@ -81,9 +87,9 @@ def robustness_table(result: SweepResult, arms: Sequence[str] | None = None, cos
         upper = any(r and r.get("upper_bound") for r in rob)
 
         def cell(metric: str) -> str:
-            m = _mean(result, metric, a)
+            m = seed_mean(result, metric, a)
             return "—" if m is None else f"{m:.1f}" + ("*" if upper and metric.startswith("robust") else "")
-        rows.append([f"`{a}`", jobs[0]["extra"].get("title") or a, adv_label(cfg), count(_mean(result, cost_metric, a)),
+        rows.append([f"`{a}`", jobs[0]["extra"].get("title") or a, adv_label(cfg), count(seed_mean(result, cost_metric, a)),
                      cell("top1"), cell("eval_clean"), *[cell(f"robust_{k}") for k in keys], cell("robust_worst")])
     note = "" if not any("*" in c for r in rows for c in r) else \
         "\n\n\\* upper bound: the attacks were not adapted to the model (see its sanity report)."
@@ -91,10 +97,12 @@ def robustness_table(result: SweepResult, arms: Sequence[str] | None = None, cos
                            *[f"{k}" for k in keys], "worst"], rows, "lllr" + "r" * (3 + len(keys))) + note
 
 
-def sanity_table(result: SweepResult, arms: Sequence[str] | None = None) -> str:
+def sanity_table(result: SweepResult, arms: Sequence[str] | None = None,
+                 extra: tuple[str, Callable[[dict[str, Any]], str]] | None = None) -> str:
     """Per evaluated job: the white-box attack the checks test, its robust accuracy, and each
     check (more steps never helps, an unbounded attack reaches ~0%, a black-box attack is not
-    stronger than the white-box one) with its number and ✓ or ✗."""
+    stronger than the white-box one) with its number and ✓ or ✗. ``extra``: (header, job →
+    cell), a chapter's own check as one more column."""
     rows = []
     for a in (arms if arms is not None else evaluated_arms(result)):
         for j in result.of(a):
@@ -112,9 +120,9 @@ def sanity_table(result: SweepResult, arms: Sequence[str] | None = None) -> str:
                 return "—" if c is None else f"{c['numbers'][num]:.1f} {'✓' if c['passed'] else '✗ FAILED'}"
             rows.append([f"`{a}`", str(j["seed"]), str(rob["n"]), f"{rob['clean']:.1f}",
                          "—" if wb is None else f"{name} {wb:.1f}".strip(), cell("more_steps", "more_steps_acc"),
-                         cell("unbounded", "acc"), cell("black_box", "acc")])
+                         cell("unbounded", "acc"), cell("black_box", "acc"), *([extra[1](j)] if extra else [])])
     return markdown_table(["arm", "seed", "images", "clean", "white-box", "2× steps", "unbounded (ε = 1)",
-                           "Square (black box)"], rows, "lrrrrrrr")
+                           "Square (black box)", *([extra[0]] if extra else [])], rows, "lrrrrrrr" + "r" * bool(extra))
 
 
 def eps_curves(result: SweepResult, arms: Sequence[str], attack: str = "pgd",
@@ -158,7 +166,7 @@ def hardening_flag(result: SweepResult, at_arm: str, ref_arm: str, attack: str =
     accuracy for robustness.)"""
     drops = {}
     for a in (at_arm, ref_arm):
-        c, r = _mean(result, "eval_clean", a), _mean(result, f"robust_{attack}", a)
+        c, r = seed_mean(result, "eval_clean", a), seed_mean(result, f"robust_{attack}", a)
         if c is None or r is None:
             return None
         drops[a] = c - r

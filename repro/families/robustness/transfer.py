@@ -50,6 +50,7 @@ from ...train import dry_run
 from .attacks import ATTACKS, AttackSpec, PixelModel, attack, check_attack, clean_correct, eval_subset
 from .protocol import CheckpointFor, RobustConfig
 from .sanity import binomial_tolerance
+from .figures import spread
 
 #: Metric names of :meth:`TransferResult.metrics`, as the sweep's rows carry them.
 METRICS = ("transfer_clean", "transfer_worst", "transfer_mean", "transfer_worst_seen", "transfer_mean_seen",
@@ -448,11 +449,6 @@ def evaluate_transfer(model: nn.Module, sets: TransferSets, cfg: TransferConfig)
 
 
 # -- figures ------------------------------------------------------------------------------------------------
-def _spread(values: Sequence[float]) -> dict[str, Any]:
-    v = np.asarray(list(values), dtype=float)
-    return {"values": v.tolist(), "mean": float(v.mean()), "min": float(v.min()), "max": float(v.max()),
-            "n": int(v.size)}
-
 
 def plot_clean_vs_transfer(points: Mapping[str, Sequence[Mapping[str, Any]]], setting: str,
                            title: str | None = None):
@@ -473,13 +469,13 @@ def plot_clean_vs_transfer(points: Mapping[str, Sequence[Mapping[str, Any]]], se
         if not recs:
             continue
         color, marker = COLORS[i % len(COLORS)], markers[i % len(markers)]
-        clean = _spread([r["clean"] for r in recs])
+        clean = spread([r["clean"] for r in recs])
         out[label] = {"clean": clean}
         for key, name, face in (("transfer_worst_seen", "seen sources", color),
                                 ("transfer_worst_heldout", "held-out sources", "white")):
             if not all(key in r for r in recs):
                 continue
-            y = _spread([r[key] for r in recs])
+            y = spread([r[key] for r in recs])
             out[label][key] = y
             ax.scatter(clean["values"], y["values"], s=12, color=color, alpha=0.45, linewidths=0, zorder=3)
             bars = ax.errorbar(clean["mean"], y["mean"],
