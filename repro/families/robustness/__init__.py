@@ -1,5 +1,5 @@
-"""Robustness: chapters 03 adasmooth, 12 dat, 21 cuda, 25 crossmax, 32 pubdef, 40 advft and 46 robcompare —
-one attack suite and one evaluation for every claim about adversarial robustness.
+"""Robustness: one attack suite and one evaluation for every claim about adversarial robustness
+(chapters 03 adasmooth, 12 dat, 21 cuda, 25 crossmax, 32 pubdef, 40 advft and 46 robcompare).
 
 Parts:
 
