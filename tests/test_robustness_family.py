@@ -275,3 +275,25 @@ def test_tracking_robustness_per_epoch_leaves_the_weights_alone():
     assert all(r["track_clean"] * 8 / 100 == round(r["track_clean"] * 8 / 100) for r in rows)  # 8 images
     with pytest.raises(ParameterError, match="track_images"):
         protocol.robust_config(PARAMS, "x", track_images=4)
+
+
+def test_the_worst_case_is_per_image_over_the_attacks_at_the_main_eps(monkeypatch):
+    """PGD breaks images 0–1, APGD-CE image 2: the worst case keeps only the images that survive
+    both (3 and 4: 25%), not the lower of the two rates (37.5%); PGD at a curve radius of
+    16/255, which breaks everything, does not enter it."""
+    from repro.families.robustness import evaluate as evaluate_mod
+    t = lambda *bits: torch.tensor(bits, dtype=torch.bool)  # noqa: E731
+    masks = {"clean": t(1, 1, 1, 1, 1, 0, 0, 0), "pgd": t(0, 0, 1, 1, 1, 0, 0, 0),
+             "apgd_ce": t(1, 1, 0, 1, 1, 0, 0, 0), "pgd_16": t(0, 0, 0, 0, 0, 0, 0, 0)}
+    monkeypatch.setattr(evaluate_mod, "robust_masks", lambda *a, **k: dict(masks))
+    cfg = EvalConfig(attacks=(AttackSpec("pgd"), AttackSpec("apgd_ce"), AttackSpec("pgd", eps=16 / 255, label="pgd_16")),
+                     images=8, sanity=False)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 4)).eval()
+    x, y = brightness_uint8(8, 0, size=4)
+    res = evaluate(net, x, y, cfg)
+    assert res.worst_of == ["pgd", "apgd_ce"]
+    m = res.metrics()
+    assert m["robust_pgd"] == 37.5 and m["robust_apgd_ce"] == 50.0 and m["robust_pgd_16"] == 0.0
+    assert m["robust_worst"] == 25.0 and res.as_record()["worst_of"] == ["pgd", "apgd_ce"]
+    # a result written by hand (no masks) falls back to the lowest rate
+    assert EvalResult(n=8, indices=[], clean=50.0, robust={"a": 30.0, "b": 20.0}, attacks={}).worst == 20.0

@@ -158,7 +158,7 @@ def compute_figure(result: SweepResult, setting: str) -> tuple[Figure, dict]:
         ax.set_ylabel(what)
         ax.set_ylim(bottom=0)
     axes[0].set_title("Clean")
-    axes[1].set_title("Robust (min of PGD, APGD-CE)")
+    axes[1].set_title("Robust (worst of PGD, APGD-CE per image)")
     axes[0].legend(fontsize=7, loc="lower right")
     annotate_setting(fig, setting + "; hollow: with the pre-training")
     return fig, jsonable({"arms": out, "setting": setting, "bars": "min-max over seeds"})

@@ -527,11 +527,10 @@ def _percent(correct: torch.Tensor) -> float:
     return 100.0 * float(correct.float().mean())
 
 
-def robust_accuracy(model: nn.Module, images01: torch.Tensor, labels: torch.Tensor,
-                    specs: Sequence[AttackSpec], batch_size: int = 256) -> dict[str, float]:
-    """Accuracy (%) on the clean images (key ``"clean"``) and under each attack (key
-    ``spec.key``), on the given images — the caller's fixed evaluation subset
-    (:func:`eval_subset`), whose indices it records with ``[s.as_record() for s in specs]``.
+def robust_masks(model: nn.Module, images01: torch.Tensor, labels: torch.Tensor,
+                 specs: Sequence[AttackSpec], batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Per image (bool [N]): correct on the clean image (key ``"clean"``) and correct under each
+    attack (key ``spec.key``, :func:`robust_correct`), on the caller's fixed evaluation subset.
     Every spec is checked before any attack runs."""
     for spec in specs:
         check_attack(spec)
@@ -542,7 +541,15 @@ def robust_accuracy(model: nn.Module, images01: torch.Tensor, labels: torch.Tens
                              "give the specs distinct labels")
     check_model(model)
     check_images(images01)
-    out = {"clean": _percent(clean_correct(model, images01, labels, batch_size))}
+    out = {"clean": clean_correct(model, images01, labels, batch_size)}
     for spec in specs:
-        out[spec.key] = _percent(robust_correct(model, images01, labels, spec, batch_size))
+        out[spec.key] = robust_correct(model, images01, labels, spec, batch_size)
     return out
+
+
+def robust_accuracy(model: nn.Module, images01: torch.Tensor, labels: torch.Tensor,
+                    specs: Sequence[AttackSpec], batch_size: int = 256) -> dict[str, float]:
+    """Accuracy (%) on the clean images (key ``"clean"``) and under each attack (key
+    ``spec.key``), on the given images — the caller's fixed evaluation subset
+    (:func:`eval_subset`), whose indices it records with ``[s.as_record() for s in specs]``."""
+    return {k: _percent(m) for k, m in robust_masks(model, images01, labels, specs, batch_size).items()}

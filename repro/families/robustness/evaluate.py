@@ -6,7 +6,9 @@ robustness result.
 wraps it in :class:`~.attacks.PixelModel` so that every attack works on [0, 1] pixels, draws
 the fixed evaluation subset (:func:`~.attacks.eval_subset`, its indices recorded), measures
 clean accuracy and, per :class:`~.attacks.AttackSpec`, robust accuracy (an image counts when
-both its clean and its attacked version are classified correctly), and runs
+both its clean and its attacked version are classified correctly), the worst case per image
+over the attacks at the main ε (``robust_worst``: an image counts only if it survives all of
+them; the extra radii of a robustness curve do not enter it), and runs
 :func:`~.sanity.run_sanity_checks` for the white-box attack the config names. The result
 (:class:`EvalResult`) records every attack's settings (``AttackSpec.as_record()``), the
 subset's indices and the sanity report; its ``flags`` (one line per failed check) are what a
@@ -31,7 +33,7 @@ from ...data import MEAN, STD
 from ...errors import ParameterError
 from ...train import dry_run
 from .attacks import ATTACKS, AttackSpec, PixelModel, check_attack, check_images, check_model, eval_subset, \
-    robust_accuracy
+    robust_masks
 from .sanity import run_sanity_checks
 
 
@@ -119,7 +121,10 @@ class EvalResult:
     the test set; clean: clean accuracy (%) on them; robust: attack key → robust accuracy (%);
     attacks: key → the attack's settings as run; sanity: the sanity report's record (None when
     not run); flags: one line per failed sanity check; upper_bound: the robust numbers come
-    from attacks not adapted to the model (only an upper bound on the true robust accuracy).
+    from attacks not adapted to the model (only an upper bound on the true robust accuracy);
+    worst: the worst case over the attacks of ``worst_of`` *per image* (an image counts only if
+    it survives every one of them), which are the attacks at the white-box attack's norm and ε
+    (radii of a robustness curve do not enter it); without it, the lowest of ``robust``.
     """
 
     n: int
@@ -130,11 +135,12 @@ class EvalResult:
     sanity: dict[str, Any] | None = None
     flags: list[str] = field(default_factory=list)
     upper_bound: bool = False
+    worst: float | None = None
+    worst_of: list[str] = field(default_factory=list)
 
-    @property
-    def worst(self) -> float:
-        """The lowest robust accuracy over the attacks (the clean accuracy without attacks)."""
-        return min(self.robust.values()) if self.robust else self.clean
+    def __post_init__(self) -> None:
+        if self.worst is None:
+            self.worst = min(self.robust.values()) if self.robust else self.clean
 
     def metrics(self) -> dict[str, float]:
         """Scalar metrics for a job: ``eval_clean``, ``robust_<key>`` per attack and
@@ -154,8 +160,20 @@ class EvalResult:
 
     def as_record(self) -> dict[str, Any]:
         return {"n": self.n, "indices": list(self.indices), "clean": self.clean, "robust": dict(self.robust),
-                "worst": self.worst, "attacks": dict(self.attacks), "sanity": self.sanity, "flags": list(self.flags),
+                "worst": self.worst, "worst_of": list(self.worst_of), "attacks": dict(self.attacks), "sanity": self.sanity, "flags": list(self.flags),
                 "upper_bound": self.upper_bound}
+
+
+def worst_attacks(cfg: EvalConfig) -> list[str]:
+    """Keys of the attacks whose per-image worst case is ``robust_worst``: those at the norm and
+    ε of the white-box attack the sanity checks test (of the first attack if none is white-box)."""
+    if not cfg.attacks:
+        return []
+    try:
+        main = cfg.white_box()
+    except ParameterError:
+        main = cfg.attacks[0]
+    return [s.key for s in cfg.attacks if s.norm == main.norm and abs(s.eps - main.eps) < 1e-12]
 
 
 def eval_images(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor,
@@ -196,10 +214,16 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: 
     x, y, idx = eval_images(images, labels, cfg.images, cfg.seed)
     net = PixelModel(model, mean, std).eval() if normalised else model
     check_model(net)
-    acc = robust_accuracy(net, x, y, cfg.attacks, cfg.batch_size)
+    masks = robust_masks(net, x, y, cfg.attacks, cfg.batch_size)
     n = min(len(x), cfg.batch_size) if dry_run() else len(x)
-    result = EvalResult(n=n, indices=idx, clean=acc.pop("clean"), robust=acc,
-                        attacks={s.key: s.as_record() for s in cfg.attacks})
+    pct = {k: 100.0 * float(m.float().mean()) for k, m in masks.items()}
+    worst_of = worst_attacks(cfg)
+    worst = None
+    if worst_of:
+        survived = torch.stack([masks[k] for k in worst_of]).all(0)
+        worst = 100.0 * float(survived.float().mean())
+    result = EvalResult(n=n, indices=idx, clean=pct.pop("clean"), robust=pct,
+                        attacks={s.key: s.as_record() for s in cfg.attacks}, worst=worst, worst_of=worst_of)
     if cfg.sanity and cfg.attacks:
         report = run_sanity_checks(net, x, y, cfg.white_box(), black_box=cfg.black_box(), adaptive=cfg.adaptive,
                                    batch_size=cfg.batch_size)

@@ -71,8 +71,9 @@ def adv_label(cfg: dict[str, Any]) -> str:
 def robustness_table(result: SweepResult, arms: Sequence[str] | None = None, cost_metric: str = "grad_evals") -> str:
     """One row per arm: its training, gradient evaluations (attack steps and any init model
     included), clean-test top-1 over the whole test split, and on the evaluation subset the
-    clean accuracy, robust accuracy per attack and the worst case (means over seeds; "upper
-    bound" marks numbers from attacks not adapted to the model)."""
+    clean accuracy, robust accuracy per attack and the worst case per image over the attacks at
+    the main ε (means over seeds; "upper bound" marks numbers from attacks not adapted to the
+    model)."""
     arms = list(arms) if arms is not None else result.arms()
     keys: list[str] = []
     for a in arms:
