@@ -384,3 +384,22 @@ def test_sanity_checks_refuse_a_black_box_white_box(model, test_set):
         run_sanity_checks(model, x, y, AttackSpec("square", eps=0.05, steps=5))
     with pytest.raises(ParameterError, match="norm and eps"):
         run_sanity_checks(model, x, y, AttackSpec("pgd", eps=0.05), black_box=AttackSpec("square", eps=0.1))
+
+
+def test_evaluate_transfers_from_a_surrogate_into_the_worst_case_and_the_checks(test_set):
+    """The rounded rule with the unrounded one as its surrogate: white-box PGD sees no gradient
+    (100% robust), PGD crafted on the surrogate transfers; the worst case takes the transfer,
+    and the transfer check flags the masking."""
+    from repro.families.robustness.evaluate import EvalConfig, evaluate
+    x, y = test_set
+    cfg = EvalConfig(attacks=(AttackSpec("pgd", eps=0.1, steps=10),), images=0, square_queries=5, batch_size=32)
+    res = evaluate(Quantised().eval(), x, y, cfg, normalised=False, surrogates={"rule": Brightness().eval()})
+    assert res.robust["pgd"] == 100.0 and res.worst_of == ["pgd", "transfer_rule"]
+    expected = attack(Brightness().eval(), x, y, AttackSpec("pgd", eps=0.1, steps=10), 32)
+    by_hand = 100.0 * float((Quantised()(expected).argmax(1) == y).float().mean())
+    assert res.robust["transfer_rule"] == pytest.approx(by_hand) and by_hand < 100.0
+    assert res.worst == pytest.approx(by_hand)
+    assert res.attacks["transfer_rule"]["transfer_from"] == "rule"
+    assert any("transfer:rule" in f for f in res.flags)
+    with pytest.raises(ParameterError, match="identifier"):
+        evaluate(Quantised().eval(), x, y, cfg, normalised=False, surrogates={"final layer": Brightness().eval()})

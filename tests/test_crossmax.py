@@ -360,3 +360,27 @@ def test_tables_figures_and_guards(swept):
             r["flags"] = f
     assert set(flagged) == {"robust_worst:crossmax-baseline", "head_gap:crossmax"}
     assert "crossmax (final) seed 0" in flagged["head_gap:crossmax"]
+
+
+def test_the_comparison_gets_crossmax_with_its_final_layer_as_surrogate(monkeypatch):
+    """Chapter 46's crossmax builder hands over the CrossMax view and the final layer as a
+    surrogate, so the comparison also transfers attacks from it (chapter 25's finding)."""
+    from repro.families.robustness.arms import crossmax as cm_arm
+    from repro.families.robustness.arms.compare import BUILDERS
+    from repro.papers import load_spec
+    cfg = cm.arm_configs(load_spec("crossmax").resolve("smoke"))["crossmax"][1]
+    calls = {}
+
+    class Fake(nn.Module):
+        members = ["block1", "final"]
+        k = 2
+
+        def view(self, member):
+            calls.setdefault("views", []).append(member)
+            return nn.Identity()
+
+    monkeypatch.setattr(cm_arm, "train_stages", lambda *a, **k: (Fake(), [type("F", (), {"train_images": 1})()] * 2))
+    monkeypatch.setattr(cm_arm, "predict", lambda *a, **k: (torch.zeros(4, 2, 3), torch.zeros(4, dtype=torch.long)))
+    data = type("D", (), {"loader": lambda self, *a, **k: None})()
+    built = BUILDERS["crossmax"](cfg, data, 0, lambda *a, **k: None, "cpu")
+    assert set(built.surrogates) == {"final"} and calls["views"][-2:] == ["crossmax", "final"]

@@ -68,12 +68,15 @@ def test_compare_arm_detects_a_stochastic_model_and_attacks_it_with_eot(monkeypa
 
     seen = {}
 
+    surrogate = nn.Linear(3 * 8 * 8, 4)
+
     def fake_builder(cfg, data, seed, checkpoints, device):
-        return compare.Built(Noisy().eval(), False, [], 0.0, 25.0)
+        return compare.Built(Noisy().eval(), False, [], 0.0, 25.0, surrogates={"part": surrogate})
     monkeypatch.setitem(compare.BUILDERS, "noisy", fake_builder)
 
-    def fake_evaluate(model, x, y, ev, normalised=True):
+    def fake_evaluate(model, x, y, ev, normalised=True, surrogates=None):
         seen["eot"], seen["normalised"] = [s.eot_samples for s in ev.attacks], normalised
+        seen["surrogates"] = surrogates
         from repro.families.robustness.evaluate import EvalResult
         return EvalResult(n=8, indices=list(range(8)), clean=50.0, robust={"pgd": 25.0}, attacks={})
     monkeypatch.setattr(compare, "evaluate", fake_evaluate)
@@ -81,7 +84,8 @@ def test_compare_arm_detects_a_stochastic_model_and_attacks_it_with_eot(monkeypa
     ev = EvalConfig((AttackSpec("pgd", eps=0.03, steps=2),), images=8, sanity=False)
     _, cfg = compare.compared("noisy", RobustConfig(model="cnn3"), ev, "noisy", eot_samples=3)
     job = compare.evaluate_compared(cfg, data, 0)
-    assert seen == {"eot": [3], "normalised": False}
+    assert seen == {"eot": [3], "normalised": False, "surrogates": {"part": surrogate}}
+    assert not surrogate.training  # handed over in eval mode
     assert job.extra["stochastic"] and job.metrics["robust_worst"] == 25.0 and job.metrics["top1"] == 25.0
 
 

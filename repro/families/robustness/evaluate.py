@@ -22,7 +22,7 @@ are divided by 255).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from ...data import MEAN, STD
 from ...errors import ParameterError
 from ...train import dry_run
 from .attacks import ATTACKS, AttackSpec, PixelModel, check_attack, check_images, check_model, eval_subset, \
-    robust_masks
+    robust_masks, transfer_correct
 from .sanity import run_sanity_checks
 
 
@@ -195,7 +195,8 @@ def eval_images(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int) -
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: EvalConfig, *,
-             mean: Sequence[float] = MEAN, std: Sequence[float] = STD, normalised: bool = True) -> EvalResult:
+             mean: Sequence[float] = MEAN, std: Sequence[float] = STD, normalised: bool = True,
+             surrogates: Mapping[str, nn.Module] | None = None) -> EvalResult:
     """Clean and robust accuracy of ``model`` on the fixed subset of (``images``, ``labels``)
     (the test split: uint8, or float in [0, 1]), under every attack of ``cfg``, with the
     sanity checks when ``cfg.sanity``.
@@ -203,7 +204,13 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: 
     ``model`` must be in eval mode (ParameterError otherwise, before any work); with
     ``normalised`` (the default) it takes inputs normalised with ``mean``/``std`` and is wrapped
     in :class:`~.attacks.PixelModel`, otherwise it takes [0, 1] pixels itself. Attacks run on
-    the model's device."""
+    the model's device.
+
+    ``surrogates``: models an attacker could attack instead of ``model`` (e.g. one member of an
+    ensemble; same input convention as ``model``). The white-box attack is crafted on each and
+    its images are read by ``model``: robust accuracy ``transfer_<name>``, part of the worst
+    case, and one more sanity check (a transfer attack that beats the white-box one means the
+    model's gradients are masked)."""
     if not isinstance(cfg, EvalConfig):
         raise ParameterError(f"evaluate takes an EvalConfig, got {type(cfg).__name__}")
     cfg.check()
@@ -214,19 +221,39 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: 
     x, y, idx = eval_images(images, labels, cfg.images, cfg.seed)
     net = PixelModel(model, mean, std).eval() if normalised else model
     check_model(net)
+    sources = {}
+    for name, sur in (surrogates or {}).items():
+        if not str(name).isidentifier():
+            raise ParameterError(f"surrogate names become metric keys: {name!r} is not an identifier")
+        sources[name] = PixelModel(sur, mean, std).eval() if normalised else sur
+        check_model(sources[name])
+    if sources and not any(ATTACKS[s.name].white_box for s in cfg.attacks):
+        raise ParameterError("surrogates need a white-box attack among the evaluation's attacks to craft on them")
     masks = robust_masks(net, x, y, cfg.attacks, cfg.batch_size)
+    attacks = {s.key: s.as_record() for s in cfg.attacks}
+    worst_of = worst_attacks(cfg)
+    transfer_sets: dict[str, torch.Tensor] = {}
+    for name, src in sources.items():
+        spec = cfg.white_box()
+        key = f"transfer_{name}"
+        if key in masks:
+            raise ParameterError(f"surrogate {name!r} gives the key {key!r}, which an attack already uses")
+        _, robust, transfer_sets[name] = transfer_correct(src, {"model": net}, x, y, spec, cfg.batch_size)
+        masks[key] = robust["model"]
+        attacks[key] = {**spec.as_record(), "key": key, "transfer_from": name}
+        worst_of.append(key)
     n = min(len(x), cfg.batch_size) if dry_run() else len(x)
     pct = {k: 100.0 * float(m.float().mean()) for k, m in masks.items()}
-    worst_of = worst_attacks(cfg)
     worst = None
     if worst_of:
         survived = torch.stack([masks[k] for k in worst_of]).all(0)
         worst = 100.0 * float(survived.float().mean())
-    result = EvalResult(n=n, indices=idx, clean=pct.pop("clean"), robust=pct,
-                        attacks={s.key: s.as_record() for s in cfg.attacks}, worst=worst, worst_of=worst_of)
+    result = EvalResult(n=n, indices=idx, clean=pct.pop("clean"), robust=pct, attacks=attacks, worst=worst,
+                        worst_of=worst_of)
     if cfg.sanity and cfg.attacks:
-        report = run_sanity_checks(net, x, y, cfg.white_box(), black_box=cfg.black_box(), adaptive=cfg.adaptive,
-                                   batch_size=cfg.batch_size)
+        m = min([len(x), *(len(a) for a in transfer_sets.values())])  # a dry run crafts one batch
+        report = run_sanity_checks(net, x[:m], y[:m], cfg.white_box(), black_box=cfg.black_box(),
+                                   transfer=transfer_sets or None, adaptive=cfg.adaptive, batch_size=cfg.batch_size)
         result.sanity = report.as_record()
         result.flags = report.flags()
         result.upper_bound = report.upper_bound

@@ -29,7 +29,7 @@ from ...tables import markdown_table
 from .attacks import AttackSpec
 from .evaluate import EvalConfig
 from .protocol import DataConfig, RobustConfig
-from .tables import count, sanity_flags, seed_mean
+from .tables import attack_keys, count, sanity_flags, seed_mean
 
 
 def compared(source: str, cfg: RobustConfig, ev: EvalConfig, title: str, eot: int) -> tuple[str, RobustConfig]:
@@ -114,10 +114,15 @@ def arm_configs(params: Mapping[str, Any], explicit: Mapping[str, Any] | None = 
     return out, left_out
 
 
-def leaderboard(result: SweepResult, attacks: Sequence[str]) -> str:
+def leaderboard(result: SweepResult, attacks: Sequence[str] | None = None) -> str:
     """One row per model, sorted by worst-case robust accuracy: clean-test top-1, clean and
-    robust accuracy per attack on the evaluation subset, the worst case, whether the numbers
+    robust accuracy per attack on the evaluation subset (``attacks``; default: every attack
+    any model met, transfers from surrogates included), the worst case, whether the numbers
     are only upper bounds, and the training cost in gradient evaluations (means over seeds)."""
+    if attacks is None:
+        attacks = []
+        for a in result.arms():
+            attacks += [k for k in attack_keys(result, a) if k not in attacks]
     rows = []
     order = sorted(result.arms(), key=lambda a: -(seed_mean(result, "robust_worst", a) or -1.0))
     for a in order:

@@ -101,29 +101,35 @@ def robustness_table(result: SweepResult, arms: Sequence[str] | None = None, cos
 def sanity_table(result: SweepResult, arms: Sequence[str] | None = None,
                  extra: tuple[str, Callable[[dict[str, Any]], str]] | None = None) -> str:
     """Per evaluated job: the white-box attack the checks test, its robust accuracy, and each
-    check (more steps never helps, an unbounded attack reaches ~0%, a black-box attack is not
-    stronger than the white-box one) with its number and ✓ or ✗. ``extra``: (header, job →
-    cell), a chapter's own check as one more column."""
+    check (more steps never helps, an unbounded attack reaches ~0%, a black-box attack — and a
+    transfer attack from a surrogate, where a job has one — is not stronger than the white-box
+    one) with its number and ✓ or ✗. ``extra``: (header, job → cell), a chapter's own check as
+    one more column."""
+    jobs = [(a, j) for a in (arms if arms is not None else evaluated_arms(result)) for j in result.of(a)
+            if ((j["extra"].get("robustness") or {}).get("sanity"))]
+    transfer = any(c["name"].startswith("transfer:") for _, j in jobs
+                   for c in j["extra"]["robustness"]["sanity"]["checks"])
     rows = []
-    for a in (arms if arms is not None else evaluated_arms(result)):
-        for j in result.of(a):
-            rob = j["extra"].get("robustness") or {}
-            san = rob.get("sanity")
-            if not san:
-                continue
-            checks = {c["name"]: c for c in san["checks"]}
-            spec = san.get("white_box_spec") or {}
-            name = spec.get("label") or spec.get("name") or ""
-            wb = san.get("white_box", checks.get("more_steps", {}).get("numbers", {}).get("acc"))
+    for a, j in jobs:
+        rob = j["extra"]["robustness"]
+        san = rob["sanity"]
+        checks = {c["name"]: c for c in san["checks"]}
+        spec = san.get("white_box_spec") or {}
+        name = spec.get("label") or spec.get("name") or ""
+        wb = san.get("white_box", checks.get("more_steps", {}).get("numbers", {}).get("acc"))
 
-            def cell(name: str, num: str) -> str:
-                c = checks.get(name)
-                return "—" if c is None else f"{c['numbers'][num]:.1f} {'✓' if c['passed'] else '✗ FAILED'}"
-            rows.append([f"`{a}`", str(j["seed"]), str(rob["n"]), f"{rob['clean']:.1f}",
-                         "—" if wb is None else f"{name} {wb:.1f}".strip(), cell("more_steps", "more_steps_acc"),
-                         cell("unbounded", "acc"), cell("black_box", "acc"), *([extra[1](j)] if extra else [])])
-    return markdown_table(["arm", "seed", "images", "clean", "white-box", "2× steps", "unbounded (ε = 1)",
-                           "Square (black box)", *([extra[0]] if extra else [])], rows, "lrrrrrrr" + "r" * bool(extra))
+        def cell(c: dict[str, Any] | None, num: str) -> str:
+            return "—" if c is None else f"{c['numbers'][num]:.1f} {'✓' if c['passed'] else '✗ FAILED'}"
+        row = [f"`{a}`", str(j["seed"]), str(rob["n"]), f"{rob['clean']:.1f}",
+               "—" if wb is None else f"{name} {wb:.1f}".strip(), cell(checks.get("more_steps"), "more_steps_acc"),
+               cell(checks.get("unbounded"), "acc"), cell(checks.get("black_box"), "acc")]
+        if transfer:
+            cells = [f"{k.split(':', 1)[1]} {cell(c, 'acc')}" for k, c in checks.items() if k.startswith("transfer:")]
+            row.append("; ".join(cells) or "—")
+        rows.append(row + ([extra[1](j)] if extra else []))
+    head = ["arm", "seed", "images", "clean", "white-box", "2× steps", "unbounded (ε = 1)", "Square (black box)"]
+    head += ["transfer from a surrogate"] * transfer + ([extra[0]] if extra else [])
+    return markdown_table(head, rows, "lrrrrrrr" + "r" * (len(head) - 8))
 
 
 def eps_curves(result: SweepResult, arms: Sequence[str], attack: str = "pgd",

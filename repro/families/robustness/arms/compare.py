@@ -38,7 +38,9 @@ class Built:
     it takes normalised inputs (``repro.data``'s) rather than [0, 1] pixels; ``fits``: the
     ``FitResult`` of every stage behind it (their cost is the model's); ``grad_evals``: its
     training cost in gradient evaluations; ``top1``: its clean top-1 over the whole test split
-    (%); ``info``: anything the chapter wants on the record."""
+    (%); ``info``: anything the chapter wants on the record; ``surrogates``: parts of the model
+    an attacker could attack instead (an ensemble's member), whose white-box adversarial
+    images the evaluation also feeds the model (:func:`..evaluate.evaluate`)."""
 
     model: nn.Module
     normalised: bool
@@ -46,6 +48,7 @@ class Built:
     grad_evals: float
     top1: float
     info: dict[str, Any] = field(default_factory=dict)
+    surrogates: dict[str, nn.Module] = field(default_factory=dict)
 
 
 BuildFn = Callable[[RobustConfig, Any, int, CheckpointFor, Any], Built]
@@ -118,7 +121,9 @@ def with_eot(ev: EvalConfig, samples: int) -> EvalConfig:
 def evaluate_compared(cfg: CompareConfig, data: Any, seed: int, checkpoint_dir: Path | None = None,
                       device: torch.device | str = "cpu", checkpoints: CheckpointFor | None = None) -> Job:
     """Build (load) the source model, then evaluate it with ``cfg.eval`` (EOT if stochastic).
-    Metrics: ``top1``, ``grad_evals``, ``eval_clean``, ``robust_<attack>``, ``robust_worst``."""
+    A model with surrogates is also attacked through them (transfer). Metrics: ``top1``,
+    ``grad_evals``, ``eval_clean``, ``robust_<attack>`` (and ``robust_transfer_<surrogate>``),
+    ``robust_worst``."""
     if checkpoints is None:
         checkpoints = checkpoint_folders(None, "", checkpoint_dir, "compare")
     built = BUILDERS[cfg.source](cfg.source_config, data, seed, checkpoints, device)
@@ -131,7 +136,8 @@ def evaluate_compared(cfg: CompareConfig, data: Any, seed: int, checkpoint_dir: 
     else:
         stochastic = is_stochastic(model, probe)
     ev = with_eot(cfg.eval, cfg.eot_samples) if stochastic else cfg.eval
-    res = evaluate(model, data.x_test, data.y_test, ev, normalised=built.normalised)
+    res = evaluate(model, data.x_test, data.y_test, ev, normalised=built.normalised,
+                   surrogates={k: m.eval() for k, m in built.surrogates.items()})
     metrics = {"top1": built.top1, "grad_evals": built.grad_evals, **res.metrics()}
     extra = {"title": cfg.title, "config": cfg.as_record(), "source": cfg.source, "stochastic": stochastic,
              "robustness": res.as_record(), "built": built.info}

@@ -222,7 +222,8 @@ def train_stages(cfg: CrossMaxConfig, data: Any, seed: int, checkpoints: Checkpo
 @builder("crossmax")
 def build_crossmax_model(cfg: CrossMaxConfig, data: Any, seed: int, checkpoints: CheckpointFor, device: Any) -> Built:
     """The CrossMax model (multi-resolution network, heads, CrossMax; stochastic) for the
-    family comparison, from the ``crossmax`` arm's own checkpoints (trained here if absent)."""
+    family comparison, from the ``crossmax`` arm's own checkpoints (trained here if absent),
+    with its final layer as a surrogate (the comparison also transfers attacks from it)."""
     if not isinstance(cfg, CrossMaxConfig) or not cfg.multires:
         raise ParameterError("the crossmax builder takes the chapter's multi-resolution CrossMaxConfig")
 
@@ -232,8 +233,9 @@ def build_crossmax_model(cfg: CrossMaxConfig, data: Any, seed: int, checkpoints:
     model.eval()
     z, y_all = predict(_Members(model), data.loader("test", 1000, device))
     top1 = _pct(crossmax(z, model.k).argmax(1) == y_all)
+    # the chapter's finding: an attack on the final layer alone can beat the one through CrossMax
     return Built(model.view("crossmax").eval(), True, fits, float(fits[0].train_images + fits[1].train_images), top1,
-                 {"members": list(model.members), "k": model.k})
+                 {"members": list(model.members), "k": model.k}, surrogates={"final": model.view("final").eval()})
 
 
 def _crossmax(cfg: CrossMaxConfig, data: Any, seed: int, checkpoints: CheckpointFor,
