@@ -104,3 +104,12 @@ def test_table_cells_by_hand():
     from repro.families.robustness.tables import count, fmt
     assert fmt(None) == "—" and fmt(float("nan")) == "—" and fmt(12.345) == "12.3" and fmt(1.0, 2) == "1.00"
     assert count(None) == "—" and count(950.0) == "950" and count(25_000.0) == "25 k" and count(3_400_000.0) == "3.40 M"
+
+
+def test_eps_curves_leave_out_attacks_crafted_on_a_surrogate():
+    job = {"arm": "m", "seed": 0, "metrics": {}, "extra": {"robustness": {
+        "clean": 50.0, "robust": {"pgd": 20.0, "pgd_16": 5.0, "transfer_final": 10.0},
+        "attacks": {"pgd": {"name": "pgd", "eps": 8 / 255}, "pgd_16": {"name": "pgd", "eps": 16 / 255},
+                    "transfer_final": {"name": "pgd", "eps": 8 / 255, "transfer_from": "final"}}}}}
+    from repro.sweep import SweepResult
+    assert tables.eps_curves(SweepResult([job]), ["m"]) == {"m": {0.0: [50.0], 8 / 255: [20.0], 16 / 255: [5.0]}}

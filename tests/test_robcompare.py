@@ -101,6 +101,9 @@ def test_leaderboard_sorts_by_worst_case_and_guards_flag_upper_bounds_and_failed
                        _job("crossmax", 0, 5.0, flags=["sanity check failed (black_box): x"])])
     rows = [r.split("|")[1].strip() for r in robcompare.leaderboard(res, ["pgd"]).splitlines()[2:]]
     assert rows == ["`advft`", "`pgd_at`", "`crossmax`", "`standard`"]
+    upper = {r.split("|")[1].strip(): r.split("|")[-3].strip()
+             for r in robcompare.leaderboard(res, ["pgd"]).splitlines()[2:]}
+    assert upper == {"`advft`": "yes", "`pgd_at`": "no", "`crossmax`": "yes: a check failed", "`standard`": "no"}
     claims = load_spec("robcompare").claims
     flagged = dict(robcompare.guards(res, claims))
     by_arm = {c.arm: c.key for c in claims}

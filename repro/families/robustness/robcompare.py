@@ -118,7 +118,7 @@ def leaderboard(result: SweepResult, attacks: Sequence[str] | None = None) -> st
     """One row per model, sorted by worst-case robust accuracy: clean-test top-1, clean and
     robust accuracy per attack on the evaluation subset (``attacks``; default: every attack
     any model met, transfers from surrogates included), the worst case, whether the numbers
-    are only upper bounds, and the training cost in gradient evaluations (means over seeds)."""
+    are only upper bounds (a non-adaptive attack, or a failed sanity check), and the training cost in gradient evaluations (means over seeds)."""
     if attacks is None:
         attacks = []
         for a in result.arms():
@@ -127,10 +127,13 @@ def leaderboard(result: SweepResult, attacks: Sequence[str] | None = None) -> st
     order = sorted(result.arms(), key=lambda a: -(seed_mean(result, "robust_worst", a) or -1.0))
     for a in order:
         jobs = result.of(a)
-        upper = any((j["extra"].get("robustness") or {}).get("upper_bound") for j in jobs)
+        rob = [j["extra"].get("robustness") or {} for j in jobs]
+        upper = "yes" if any(r.get("upper_bound") for r in rob) else "no"
+        if any(r.get("flags") for r in rob):
+            upper = "yes: a check failed"  # masked gradients: the attacks overestimate robustness
         cells = [seed_mean(result, m, a) for m in ("top1", "eval_clean", *[f"robust_{k}" for k in attacks], "robust_worst")]
         rows.append([f"`{a}`", jobs[0]["extra"].get("title") or a,
-                     *["—" if c is None else f"{c:.1f}" for c in cells], "yes" if upper else "no",
+                     *["—" if c is None else f"{c:.1f}" for c in cells], upper,
                      count(seed_mean(result, "grad_evals", a))])
     return markdown_table(["model", "", "test top-1", "subset clean", *attacks, "worst", "upper bound",
                            "grad. evals"], rows, "ll" + "r" * (3 + len(attacks)) + "lr")

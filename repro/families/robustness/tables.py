@@ -135,7 +135,8 @@ def sanity_table(result: SweepResult, arms: Sequence[str] | None = None,
 def eps_curves(result: SweepResult, arms: Sequence[str], attack: str = "pgd",
                labels: dict[str, str] | None = None) -> dict[str, dict[float, list[float]]]:
     """``label → {ε: [robust accuracy per seed]}``: every attack named ``attack`` in each arm's
-    evaluation gives one ε (its recorded radius); ε = 0 is the subset's clean accuracy."""
+    evaluation gives one ε (its recorded radius); ε = 0 is the subset's clean accuracy. Attacks
+    crafted on a surrogate (``transfer_from``) are not the model's own curve and are left out."""
     out: dict[str, dict[float, list[float]]] = {}
     for a in arms:
         per: dict[float, list[float]] = {}
@@ -145,7 +146,7 @@ def eps_curves(result: SweepResult, arms: Sequence[str], attack: str = "pgd",
                 continue
             per.setdefault(0.0, []).append(rob["clean"])
             for key, spec in rob["attacks"].items():
-                if spec["name"] == attack:
+                if spec["name"] == attack and not spec.get("transfer_from"):
                     per.setdefault(float(spec["eps"]), []).append(rob["robust"][key])
         if len(per) > 1:
             out[(labels or {}).get(a, a)] = per
